@@ -1,0 +1,64 @@
+"""Charts of the data stage, saved as PNG next to the reports (and declared as DVC plots)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def _figure(n_classes: int):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    width = min(16.0, max(5.0, 0.45 * n_classes + 2))
+    return plt, *plt.subplots(figsize=(width, 3.6), dpi=110)
+
+
+def _finish(ax, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the bars, never over them
+    ax.tick_params(axis="x", labelrotation=90 if len(ax.get_xticks()) > 12 else 0)
+
+
+def plot_class_health(
+    class_counts: dict[str, int], bad_per_class: dict[str, int], path: Path, *, minimum: int | None = None
+) -> Path:
+    """Valid and bad images per class, with the per-class minimum as a line."""
+    labels = sorted(set(class_counts) | set(bad_per_class))
+    plt, fig, ax = _figure(len(labels))
+    valid = [class_counts.get(c, 0) for c in labels]
+    bad = [bad_per_class.get(c, 0) for c in labels]
+    ax.bar(labels, valid, color="#4c72b0", label="valid")
+    ax.bar(labels, bad, bottom=valid, color="#dd5555", label="bad")
+    if minimum is not None:
+        ax.axhline(minimum, color="black", linestyle="--", linewidth=1, label=f"minimum ({minimum})")
+    _finish(ax, "images per class")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_splits(prepared: pd.DataFrame, path: Path) -> Path:
+    """Images per class in each split, stacked."""
+    table = prepared.groupby(["label", "split"]).size().unstack(fill_value=0)
+    table = table.reindex(columns=[s for s in ("train", "val", "test") if s in table.columns])
+    plt, fig, ax = _figure(len(table))
+    bottom = None
+    for split, color in zip(table.columns, ("#4c72b0", "#55a868", "#c44e52"), strict=False):
+        ax.bar(table.index, table[split], bottom=bottom, color=color, label=split)
+        bottom = table[split] if bottom is None else bottom + table[split]
+    _finish(ax, "split sizes per class")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,305 @@
+"""The dataset validation suite: Great Expectations over the image manifest.
+
+Each rule is one expectation. Row-level expectations run over the manifest and name the
+files that break them; class-level ones run over a small table of images per class. The
+report turns GE's unexpected rows back into file paths with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from lensops.settings import Settings, ValidateSettings
+
+from .manifest import build_manifest, write_manifest
+from .plots import plot_class_health
+
+
+@dataclass
+class Expectation:
+    name: str
+    success: bool
+    detail: str
+
+
+@dataclass
+class ValidationReport:
+    ok: bool
+    n_images: int
+    n_classes: int
+    bad_files: list[dict] = field(default_factory=list)
+    duplicates: list[list[str]] = field(default_factory=list)
+    expectations: list[Expectation] = field(default_factory=list)
+    class_counts: dict[str, int] = field(default_factory=dict)
+    raw: str = ""
+    generated_at: str = ""
+    quarantined: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
+
+
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+def _row_rules(
+    cfg: ValidateSettings, twins: dict[str, list[str]]
+) -> list[tuple[str, object, Callable[[pd.Series], str]]]:
+    """(name, GE expectation, reason for a failing row) for each per-file rule.
+
+    `twins` maps a path to the other paths with identical bytes under another label.
+    """
+    import great_expectations.expectations as gxe
+
+    allowed = ", ".join(cfg.formats)
+    return [
+        (
+            "files_decode",
+            gxe.ExpectColumnValuesToBeNull(column="error"),
+            lambda r: r["error"],
+        ),
+        (
+            "files_inside_class_folder",
+            gxe.ExpectColumnValuesToNotBeNull(column="label"),
+            lambda r: "not inside a class folder (expected raw/<label>/<file>)",
+        ),
+        (
+            "extension_matches_content",
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="ext_format", column_B="format", ignore_row_if="either_value_is_missing"
+            ),
+            lambda r: f"extension {r['extension'] or '(none)'} does not match its content ({r['format']})",
+        ),
+        (
+            "format_allowed",
+            gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.formats)),
+            lambda r: f"format {r['format']} is not allowed (allowed: {allowed})",
+        ),
+        (
+            "pixels_under_limit",
+            gxe.ExpectColumnValuesToBeBetween(column="pixels", max_value=cfg.max_pixels),
+            lambda r: (
+                f"{r['width']}x{r['height']}"
+                + (f"x{r['frames']} frames" if r["frames"] and r["frames"] > 1 else "")
+                + f" = {_mp(r['pixels'])} exceeds the {_mp(cfg.max_pixels)} limit"
+                " (possible decompression bomb; not decoded)"
+            ),
+        ),
+        (
+            "width_at_least_minimum",
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),
+            lambda r: f"{r['width']}x{r['height']} is narrower than the minimum width {cfg.min_width}",
+        ),
+        (
+            "height_at_least_minimum",
+            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height),
+            lambda r: f"{r['width']}x{r['height']} is shorter than the minimum height {cfg.min_height}",
+        ),
+        (
+            "identical_images_share_one_label",
+            gxe.ExpectColumnValuesToBeBetween(column="labels_with_same_content", max_value=1),
+            lambda r: f"identical to {', '.join(twins.get(r['path'], []))} (a different label)",
+        ),
+    ]
+
+
+def load_suite_library() -> None:
+    """Import Great Expectations and matplotlib (over two seconds together), which the
+    validator needs next; called while the manifest's workers decode, it costs no wall time."""
+    import great_expectations.expectations  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+
+def _validate(frame: pd.DataFrame, name: str, expectations: list) -> list:
+    """Run expectations over a dataframe in an ephemeral GE context; one result per expectation."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    asset = context.data_sources.add_pandas(name).add_dataframe_asset(name=name)
+    batch = asset.add_batch_definition_whole_dataframe(name).get_batch(batch_parameters={"dataframe": frame})
+    suite = gx.ExpectationSuite(name=name)
+    for e in expectations:
+        suite.add_expectation(e)
+    return batch.validate(suite, result_format="COMPLETE").results
+
+
+def _with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    frame = manifest.copy()
+    readable = frame["error"].isna() & frame["label"].notna()
+    per_sha = frame[readable].groupby("sha256")["label"].nunique()
+    frame["labels_with_same_content"] = frame["sha256"].map(per_sha).where(readable).astype("Int64")
+    # GE's pandas engine compares plain objects; nullable extension arrays become object/float.
+    return frame.astype({c: "object" for c in frame.columns if str(frame[c].dtype) == "string"})
+
+
+def valid_mask(manifest: pd.DataFrame, cfg: ValidateSettings) -> pd.Series:
+    """Files that break no per-file rule (used for class counts and by `prepare`)."""
+    m = manifest
+    return (
+        m["error"].isna()
+        & m["label"].notna()
+        & m["decoded"]
+        & m["format"].isin(cfg.formats).fillna(False)
+        & (m["ext_format"] == m["format"]).fillna(False)
+        & (m["width"] >= cfg.min_width).fillna(False)
+        & (m["height"] >= cfg.min_height).fillna(False)
+    )
+
+
+def validate_manifest(
+    manifest: pd.DataFrame, cfg: ValidateSettings, classes: list[str] | None = None
+) -> ValidationReport:
+    """Run the suite. `classes`, when given, is the exact set of labels expected."""
+    import great_expectations.expectations as gxe
+
+    frame = _with_derived_columns(manifest)
+    duplicates = cross_label_duplicates(manifest)
+    twins = {p: [q for q in group if q != p] for group in duplicates for p in group}
+    rules = _row_rules(cfg, twins)
+    expectations = []
+    for name, gx_exp, _ in rules:
+        gx_exp.meta = {"name": name}
+        expectations.append(gx_exp)
+    if classes:
+        expectations.append(
+            gxe.ExpectColumnDistinctValuesToEqualSet(
+                column="label", value_set=list(classes), meta={"name": "labels_match_params"}
+            )
+        )
+    results = _validate(frame, "manifest", expectations) if len(frame) else []
+    by_name = {r.expectation_config.meta["name"]: r for r in results}
+
+    report = ValidationReport(ok=True, n_images=len(manifest), n_classes=0)
+    reasons: dict[int, list[str]] = {}
+    for name, _, why in rules:
+        if name not in by_name:
+            continue
+        result = by_name[name]
+        bad = result.result.get("unexpected_index_list") or []
+        for idx in bad:
+            reasons.setdefault(int(idx), []).append(why(manifest.loc[idx]))
+        total = result.result.get("element_count", len(frame))
+        detail = "all files pass" if result.success else f"{len(bad)} of {total} files fail"
+        report.expectations.append(Expectation(name, bool(result.success), detail))
+    if classes and "labels_match_params" in by_name:
+        result = by_name["labels_match_params"]
+        found = sorted(set(manifest["label"].dropna()))
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        detail = "labels match params" if result.success else f"missing: {missing or '-'}; not expected: {extra or '-'}"
+        report.expectations.append(Expectation("labels_match_params", bool(result.success), detail))
+
+    if not len(manifest):
+        report.expectations.append(Expectation("has_images", False, "no files found"))
+
+    good = valid_mask(manifest, cfg)
+    labels = sorted(set(manifest["label"].dropna()) | set(classes or []))
+    counts = manifest[good].groupby("label").size().reindex(labels, fill_value=0)
+    report.class_counts = {str(k): int(v) for k, v in counts.items()}
+    report.n_classes = len(labels)
+    if labels:
+        class_frame = pd.DataFrame({"label": labels, "n_images": counts.to_numpy()})
+        (result,) = _validate(
+            class_frame,
+            "classes",
+            [gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=cfg.min_images_per_class)],
+        )
+        short = [
+            f"{class_frame.label[i]!r} has {class_frame.n_images[i]}"
+            for i in result.result.get("unexpected_index_list") or []
+        ]
+        detail = (
+            f"every class has at least {cfg.min_images_per_class} valid images"
+            if result.success
+            else f"{'; '.join(short)} valid images (minimum {cfg.min_images_per_class})"
+        )
+        report.expectations.append(Expectation("min_images_per_class", bool(result.success), detail))
+
+    report.bad_files = [
+        {"path": manifest.at[i, "path"], "reason": "; ".join(dict.fromkeys(rs))} for i, rs in sorted(reasons.items())
+    ]
+    report.duplicates = duplicates
+    report.ok = all(e.success for e in report.expectations)
+    return report
+
+
+def cross_label_duplicates(manifest: pd.DataFrame) -> list[list[str]]:
+    """Groups of paths with identical bytes filed under more than one label."""
+    readable = manifest[manifest["error"].isna() & manifest["label"].notna()]
+    groups = readable.groupby("sha256").filter(lambda g: g["label"].nunique() > 1).groupby("sha256")["path"]
+    return sorted(sorted(g.tolist()) for _, g in groups)
+
+
+def quarantine(raw: Path, bad_files: list[dict], dest: Path) -> list[dict]:
+    """Move bad files to `dest/<same relative path>`, never overwriting; log each move with its reason.
+
+    The log `dest/quarantine.jsonl` is appended to, so earlier moves stay on record.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    moved = []
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    with (dest / "quarantine.jsonl").open("a") as log:
+        for bad in bad_files:
+            src = raw / bad["path"]
+            if not src.exists():
+                continue
+            target = dest / bad["path"]
+            n = 1
+            while target.exists():
+                target = target.with_name(f"{Path(bad['path']).stem}.{n}{src.suffix}")
+                n += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, target)
+            entry = {"path": bad["path"], "moved_to": str(target), "reason": bad["reason"], "time": when}
+            log.write(json.dumps(entry) + "\n")
+            moved.append(entry)
+    return moved
+
+
+def validate_dataset(
+    settings: Settings,
+    *,
+    raw: Path | None = None,
+    report_path: Path | None = None,
+    quarantine_dir: Path | None = None,
+    progress: bool = True,
+) -> ValidationReport:
+    """The `validate` stage: manifest, suite, report (and the manifest kept for `prepare`)."""
+    raw = raw or settings.path(settings.data.raw)
+    cfg = settings.validate_
+    manifest = build_manifest(raw, max_pixels=cfg.max_pixels, progress=progress, meanwhile=load_suite_library)
+    report = validate_manifest(manifest, cfg, settings.data.classes or None)
+    report.raw = str(raw)
+    report.generated_at = datetime.now(UTC).isoformat(timespec="seconds")
+    write_manifest(manifest, settings.path(cfg.manifest), max_pixels=cfg.max_pixels)
+    report_path = report_path or settings.path(cfg.report)
+    bad_labels = manifest.set_index("path").loc[[b["path"] for b in report.bad_files], "label"].dropna()
+    plot_class_health(
+        report.class_counts,
+        bad_labels.value_counts().to_dict(),
+        report_path.with_suffix(".png"),
+        minimum=cfg.min_images_per_class,
+    )
+    if quarantine_dir is not None and report.bad_files:
+        report.quarantined = quarantine(raw, report.bad_files, quarantine_dir)
+    report.write(report_path)
+    return report

@@ -1,0 +1,161 @@
+"""The `lensops` command line. Each command loads settings, calls one stage function, shows the result.
+
+Exit codes: 0 success, 1 the data or model failed a check, 2 a usage or settings error.
+Stage packages are imported inside the commands, so `lensops --help` stays fast and this
+module depends on no stage at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lensops.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="lensops: the lifecycle of image models.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the demo digits, validation, splits.")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("-S", "--set", help="Override a params.yaml value, e.g. -S prepare.seed=7 (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    # Unwrapped, so paths in the message stay whole for copying and grepping.
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings_for(ctx: typer.Context, overrides: list[str] | None) -> Settings:
+    try:
+        return load_settings(ctx.obj.get("params") if ctx.obj else None, overrides or [])
+    except SettingsError as e:
+        fail(str(e))
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    params: Annotated[
+        Path | None, typer.Option("--params", envvar="LENSOPS_PARAMS", help="Params file (default ./params.yaml).")
+    ] = None,
+) -> None:
+    # Great Expectations would otherwise send usage analytics; lensops never phones home.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    ctx.obj = {"params": params}
+
+
+@app.command("config")
+def show_config(ctx: typer.Context, overrides: Overrides = None) -> None:
+    """Print the settings in force: params.yaml with overrides applied, as JSON."""
+    settings = settings_for(ctx, overrides)
+    out.print_json(json.dumps({"root": str(settings.root), **settings.model_dump(mode="json", by_alias=True)}))
+
+
+@data_app.command("demo")
+def data_demo(
+    ctx: typer.Context,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write (default data.raw).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Write scikit-learn's handwritten digits as PNG files, one folder per digit."""
+    from data.demo import write_digits
+
+    settings = settings_for(ctx, overrides)
+    target = out_dir or settings.path(settings.data.raw)
+    counts = write_digits(target, size=settings.demo.size)
+    out.print(f"wrote {sum(counts.values())} digits ({settings.demo.size}x{settings.demo.size} PNG) to {target}")
+
+
+@data_app.command("validate")
+def data_validate(
+    ctx: typer.Context,
+    raw: Annotated[Path | None, typer.Option(help="Image folder, one subfolder per class (default data.raw).")] = None,
+    report: Annotated[Path | None, typer.Option(help="JSON report (default validate.report).")] = None,
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Move bad files here, with their reasons in quarantine.jsonl.")
+    ] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Check every image (decodes, format, size, pixel limit, duplicates, class balance). Exit 1 if invalid."""
+    from data.validation import validate_dataset
+
+    settings = settings_for(ctx, overrides)
+    try:
+        result = validate_dataset(settings, raw=raw, report_path=report, quarantine_dir=quarantine)
+    except FileNotFoundError as e:
+        fail(str(e))
+    _print_validation(result)
+    report_path = report or settings.path(settings.validate_.report)
+    if result.quarantined:
+        dest = quarantine
+        out.print(f"moved {len(result.quarantined)} bad files to {dest} (reasons in {dest}/quarantine.jsonl)")
+    if result.ok:
+        out.print(f"[green]valid[/]: {result.n_images} images in {result.n_classes} classes. Report: {report_path}")
+    else:
+        out.print(f"[red]invalid[/]: see the table above. Report: {report_path}")
+        raise typer.Exit(1)
+
+
+def _print_validation(result) -> None:
+    checks = Table(title="checks", title_justify="left")
+    checks.add_column("expectation")
+    checks.add_column("")
+    checks.add_column("detail", overflow="fold")
+    for e in result.expectations:
+        checks.add_row(e.name, "[green]pass[/]" if e.success else "[red]FAIL[/]", e.detail)
+    out.print(checks)
+    if result.bad_files:
+        shown = result.bad_files[:50]
+        bad = Table(title=f"bad files ({len(result.bad_files)})", title_justify="left")
+        bad.add_column("file", overflow="fold")
+        bad.add_column("reason", overflow="fold")
+        for b in shown:
+            bad.add_row(b["path"], b["reason"])
+        out.print(bad)
+        if len(result.bad_files) > len(shown):
+            out.print(f"… and {len(result.bad_files) - len(shown)} more in the report")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    ctx: typer.Context,
+    raw: Annotated[Path | None, typer.Option(help="Image folder (default data.raw).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default data.prepared).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Split a valid dataset into train/val/test: manifest.parquet and classes.json."""
+    from data.prepare import SPLITS, DatasetInvalidError, prepare_dataset
+
+    settings = settings_for(ctx, overrides)
+    try:
+        prepared = prepare_dataset(settings, raw=raw, out=out_dir)
+    except FileNotFoundError as e:
+        fail(str(e))
+    except DatasetInvalidError as e:
+        fail(str(e), code=1)
+    table = Table(title="splits", title_justify="left")
+    table.add_column("class")
+    for s in SPLITS:
+        table.add_column(s, justify="right")
+    for c in prepared.classes:
+        table.add_row(c, *(str(prepared.counts[s].get(c, 0)) for s in SPLITS))
+    table.add_row("[bold]all", *(f"[bold]{sum(prepared.counts[s].values())}" for s in SPLITS))
+    out.print(table)
+    target = out_dir or settings.path(settings.data.prepared)
+    out.print(f"wrote {target}/manifest.parquet and classes.json; split sizes in metrics/data.json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,4 @@
+"""Serving: the Ray Serve application and its config.
+
+Imports `data` and `lensops`, never `training` or `monitoring`.
+"""

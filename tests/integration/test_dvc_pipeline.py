@@ -1,0 +1,98 @@
+"""`dvc repro` of the data stages in a throw-away git repository, with real DVC and real images."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.imagefactory import write_class_folders
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cwd: Path, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if ok and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for code in (REPO / "data").glob("*.py"):  # the stages depend on their code files
+        shutil.copy(code, root / "data" / code.name)
+    write_class_folders(root / "data" / "raw", {"ant": 12, "bee": 12})
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "config", "user.email", "ci@lensops.invalid")
+    sh(root, "git", "config", "user.name", "lensops tests")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "config", "core.analytics", "false")
+    sh(root, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    sh(root, "dvc", "add", "-q", "data/raw")
+    return root
+
+
+def test_repro_runs_validate_then_prepare_and_is_then_up_to_date(repo: Path):
+    out = sh(repo, "dvc", "repro").stdout
+    assert "Running stage 'validate'" in out and "Running stage 'prepare'" in out
+    assert (repo / "data" / "prepared" / "manifest.parquet").is_file()
+    assert json.loads((repo / "reports" / "data_validation.json").read_text())["ok"] is True
+    metrics = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
+    assert "n_images" in json.dumps(metrics) and "24" in json.dumps(metrics)
+
+    assert "Running stage" not in sh(repo, "dvc", "repro").stdout  # nothing changed, nothing reruns
+
+    params = (repo / "params.yaml").read_text().replace("seed: 42", "seed: 7")
+    (repo / "params.yaml").write_text(params)
+    out = sh(repo, "dvc", "repro").stdout
+    assert "Running stage 'prepare'" in out and "Running stage 'validate'" not in out
+
+
+def test_repro_stops_at_invalid_data(repo: Path):
+    sh(repo, "dvc", "repro")
+    before = (repo / "data" / "prepared" / "manifest.parquet").read_bytes()
+    (repo / "data" / "raw" / "bee" / "zero.png").write_bytes(b"")
+    result = sh(repo, "dvc", "repro", ok=False)
+    assert result.returncode != 0
+    assert "bee/zero.png" in result.stdout + result.stderr
+    assert (repo / "data" / "prepared" / "manifest.parquet").read_bytes() == before  # prepare did not run
+
+
+def test_pushed_data_version_can_be_restored(repo: Path):
+    sh(repo, "dvc", "repro")
+    sh(repo, "dvc", "push", "-q")
+    shutil.rmtree(repo / "data" / "raw")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    sh(repo, "dvc", "pull", "-q")
+    assert len(list((repo / "data" / "raw").rglob("*.png"))) == 24
+    assert "Running stage" not in sh(repo, "dvc", "repro").stdout
+
+
+def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
+    # The same steps `make demo` runs, in a scratch repository laid out like this one.
+    root = tmp_path / "repo"
+    (root / "data").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    for code in (REPO / "data").glob("*.py"):
+        shutil.copy(code, root / "data" / code.name)
+    sh(root, "git", "init", "-q")
+    sh(root, sys.executable, "-m", "lensops.demo")
+
+    summary = json.loads((root / "reports" / "demo_summary.json").read_text())
+    assert summary["ok"] and all(step["ok"] for step in summary["steps"])
+    assert (root / "data" / "raw.dvc").is_file()
+    assert json.loads((root / "metrics" / "data.json").read_text())["n_images"] == 1797
+    assert any((root / ".dvc-storage").rglob("*"))  # pushed to the local remote
+    assert "Running stage" not in sh(root, "dvc", "repro").stdout
