@@ -62,3 +62,27 @@ def plot_splits(prepared: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_augmentations(rows: list[tuple[str, list]], path: Path) -> Path:
+    """A grid: each row one image, first as the model sees it at evaluation, then augmented.
+
+    `rows` is [(title, [uint8 HWC arrays, original first])].
+    """
+    n_cols = max(len(images) for _, images in rows)
+    plt, fig, axes = _figure(1)
+    plt.close(fig)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.3 * n_cols, 1.4 * len(rows)), dpi=110, squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c])
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    axes[0][1].set_title("augmented →", fontsize=8, loc="left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lensops.settings import Settings, SettingsError, load_settings
@@ -33,7 +34,8 @@ Overrides = Annotated[
 
 def fail(message: str, code: int = 2) -> NoReturn:
     # Unwrapped, so paths in the message stay whole for copying and grepping.
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote user input and lists like [low, high], which are not markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -53,6 +55,7 @@ def main(
 ) -> None:
     # Great Expectations would otherwise send usage analytics; lensops never phones home.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     ctx.obj = {"params": params}
 
 
@@ -155,6 +158,61 @@ def data_prepare(
     out.print(table)
     target = out_dir or settings.path(settings.data.prepared)
     out.print(f"wrote {target}/manifest.parquet and classes.json; split sizes in metrics/data.json")
+
+
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    resume: Annotated[str | None, typer.Option(help="MLflow run id of a stopped run to continue.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Train with Ray Train (DDP), track in MLflow, register a version aliased `challenger`."""
+    from data.transforms import AugmentationError
+    from training.models import ModelError
+    from training.train import TrainingError, train
+
+    settings = settings_for(ctx, overrides)
+    try:
+        result = train(settings, resume=resume)
+    except (AugmentationError, ModelError, ValueError) as e:
+        fail(str(e))
+    except TrainingError as e:
+        fail(str(e), code=1)
+    table = Table(title="training", title_justify="left", show_header=False)
+    table.add_row("MLflow run", result.run_id)
+    table.add_row("model version", f"{settings.registry.model_name} v{result.model_version} (@challenger)")
+    table.add_row("epochs", f"{result.epochs_run}" + (" (stopped early)" if result.stopped_early else ""))
+    table.add_row("test accuracy", f"{result.test_metrics['accuracy']:.4f}")
+    table.add_row("test macro F1", f"{result.test_metrics['macro_f1']:.4f}")
+    worst = min(result.test_metrics["per_class"].items(), key=lambda kv: kv[1]["recall"])
+    table.add_row("lowest class recall", f"{worst[0]}: {worst[1]['recall']:.4f}")
+    out.print(table)
+
+
+@app.command("tune")
+def tune_command(ctx: typer.Context, overrides: Overrides = None) -> None:
+    """Search tune.space with Ray Tune and ASHA; every trial is an MLflow child run of one parent."""
+    from data.transforms import AugmentationError
+    from training.models import ModelError
+    from training.train import TrainingError
+    from training.tune import tune
+
+    settings = settings_for(ctx, overrides)
+    try:
+        result = tune(settings)
+    except (AugmentationError, ModelError, ValueError) as e:
+        fail(str(e))
+    except TrainingError as e:
+        fail(str(e), code=1)
+    table = Table(title=f"trials (parent MLflow run {result.parent_run_id})", title_justify="left")
+    for column in result.trials.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in result.trials.itertuples(index=False):
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+    best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_config.items())
+    out.print(f"[bold]best[/]: {best}  val_accuracy {result.best_metrics['best_val_accuracy']:.4f}")
+    out.print(f"train it with: {result.command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

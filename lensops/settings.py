@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -75,11 +75,87 @@ class PrepareSettings(Section):
         return self
 
 
+class PreprocessingSpec(Section):
+    """How an image becomes the network's input tensor; stored as JSON with each model version.
+
+    `data.transforms.eval_transform(spec)` is the one function that applies it.
+    """
+
+    size: int = Field(32, ge=8, le=1024, description="the network sees size x size")
+    resize: Literal["stretch", "shorter_side_crop"] = "stretch"
+    crop_fraction: float = Field(0.875, gt=0, le=1, description="shorter_side_crop: centre crop of the short side")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(std) <= 0:
+            raise ValueError("every std must be above 0")
+        return std
+
+
+def _default_augment() -> list[dict[str, dict[str, Any]]]:
+    return [
+        {"Affine": {"rotate": [-10, 10], "scale": [0.9, 1.1], "translate_percent": [-0.08, 0.08], "p": 0.8}},
+        {"RandomBrightnessContrast": {"brightness_limit": 0.2, "contrast_limit": 0.2, "p": 0.5}},
+    ]
+
+
+class TrainSettings(Section):
+    model: str = "smallcnn"
+    weights: Path | None = Field(None, description="local state-dict file to start the backbone from")
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0005, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val_accuracy")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
+    use_gpu: bool | Literal["auto"] = "auto"
+    input: Literal["ray_data", "dataloader"] = Field(
+        "ray_data", description="ray_data: decode in Ray Data tasks; dataloader: a torch DataLoader in each worker"
+    )
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker when input is dataloader")
+    seed: int = 42
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0, description="worker failures a run survives, resuming from its checkpoint")
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    augment: list[dict[str, dict[str, Any] | None]] = Field(default_factory=_default_augment)
+
+
+class RegistrySettings(Section):
+    model_name: str = Field("digits", min_length=1)
+    experiment: str = Field("digits", min_length=1)
+
+
+class TuneSettings(Section):
+    num_samples: int = Field(4, ge=1)
+    max_epochs: int = Field(6, ge=1)
+    grace_period: int = Field(2, ge=1)
+    max_concurrent: int = Field(1, ge=1, description="trials at once (each runs its own workers)")
+    space: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=lambda: {
+            "train.lr": {"loguniform": [0.0005, 0.01]},
+            "train.batch_size": {"choice": [32, 64, 128]},
+        },
+        description="dotted key -> {sampler: arguments}; samplers: choice, uniform, loguniform, randint",
+    )
+
+
 class Settings(Section):
     data: DataSettings = Field(default_factory=DataSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     validate_: ValidateSettings = Field(default_factory=ValidateSettings, alias="validate")
     prepare: PrepareSettings = Field(default_factory=PrepareSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -88,6 +164,18 @@ class Settings(Section):
     @property
     def root(self) -> Path:
         return self._root
+
+    def updated(self, changes: dict[str, Any]) -> Settings:
+        """A copy with dotted keys replaced (`{"train.lr": 0.001}`), validated as params.yaml is."""
+        tree = self.model_dump(mode="json", by_alias=True)
+        for key, value in changes.items():
+            _apply(tree, key.split("."), value, key)
+        try:
+            settings = Settings.model_validate(tree)
+        except ValidationError as e:
+            raise SettingsError("\n".join(_describe(err, "changed settings") for err in e.errors())) from None
+        settings._root = self._root
+        return settings
 
     def path(self, p: Path | str) -> Path:
         """A settings path made absolute against the project root."""

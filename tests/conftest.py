@@ -59,3 +59,57 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+# --- training fixtures: one Ray and one small prepared dataset per test session --------------
+
+TINY_TRAINING = [
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.preprocessing.size=16",
+    "train.num_workers=2",
+    "train.early_stopping_patience=5",
+    "registry.model_name=tiny",
+    "registry.experiment=tiny",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray shared by every test that needs one (it takes seconds to start)."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        # The dashboard holds the state API that Ray Train's placement-group cleaner needs (see lensops.compute).
+        ray.init(
+            num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_project(tmp_path_factory) -> Path:
+    """A prepared project of three digit classes at 16x16, built once per session."""
+    from data.demo import write_digits
+    from data.prepare import prepare_dataset
+    from lensops.settings import load_settings
+
+    root = tmp_path_factory.mktemp("digits_project")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    everything = root / "all"
+    write_digits(everything, size=16)
+    for label in ("0", "1", "7"):
+        shutil.copytree(everything / label, root / "data" / "raw" / label)
+    shutil.rmtree(everything)
+    prepare_dataset(load_settings(root / "params.yaml"), progress=False)
+    return root
+
+
+def project_copy(digits_project: Path, dest: Path) -> Path:
+    """A private copy of the prepared project (its own mlruns/ and ray_results/)."""
+    shutil.copytree(digits_project, dest, ignore=shutil.ignore_patterns("mlruns", "ray_results", "reports", "metrics"))
+    return dest

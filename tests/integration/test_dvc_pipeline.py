@@ -1,4 +1,7 @@
-"""`dvc repro` of the data stages in a throw-away git repository, with real DVC and real images."""
+"""`dvc repro` in a throw-away git repository, with real DVC and real images.
+
+The data-stage tests reproduce up to `prepare`; the demo test runs every stage, training shrunk.
+"""
 
 import json
 import os
@@ -43,39 +46,39 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_repro_runs_validate_then_prepare_and_is_then_up_to_date(repo: Path):
-    out = sh(repo, "dvc", "repro").stdout
+    out = sh(repo, "dvc", "repro", "prepare").stdout
     assert "Running stage 'validate'" in out and "Running stage 'prepare'" in out
     assert (repo / "data" / "prepared" / "manifest.parquet").is_file()
     assert json.loads((repo / "reports" / "data_validation.json").read_text())["ok"] is True
     metrics = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
     assert "n_images" in json.dumps(metrics) and "24" in json.dumps(metrics)
 
-    assert "Running stage" not in sh(repo, "dvc", "repro").stdout  # nothing changed, nothing reruns
+    assert "Running stage" not in sh(repo, "dvc", "repro", "prepare").stdout  # nothing changed, nothing reruns
 
     params = (repo / "params.yaml").read_text().replace("seed: 42", "seed: 7")
     (repo / "params.yaml").write_text(params)
-    out = sh(repo, "dvc", "repro").stdout
+    out = sh(repo, "dvc", "repro", "prepare").stdout
     assert "Running stage 'prepare'" in out and "Running stage 'validate'" not in out
 
 
 def test_repro_stops_at_invalid_data(repo: Path):
-    sh(repo, "dvc", "repro")
+    sh(repo, "dvc", "repro", "prepare")
     before = (repo / "data" / "prepared" / "manifest.parquet").read_bytes()
     (repo / "data" / "raw" / "bee" / "zero.png").write_bytes(b"")
-    result = sh(repo, "dvc", "repro", ok=False)
+    result = sh(repo, "dvc", "repro", "prepare", ok=False)
     assert result.returncode != 0
     assert "bee/zero.png" in result.stdout + result.stderr
     assert (repo / "data" / "prepared" / "manifest.parquet").read_bytes() == before  # prepare did not run
 
 
 def test_pushed_data_version_can_be_restored(repo: Path):
-    sh(repo, "dvc", "repro")
+    sh(repo, "dvc", "repro", "prepare")
     sh(repo, "dvc", "push", "-q")
     shutil.rmtree(repo / "data" / "raw")
     shutil.rmtree(repo / ".dvc" / "cache")
     sh(repo, "dvc", "pull", "-q")
     assert len(list((repo / "data" / "raw").rglob("*.png"))) == 24
-    assert "Running stage" not in sh(repo, "dvc", "repro").stdout
+    assert "Running stage" not in sh(repo, "dvc", "repro", "prepare").stdout
 
 
 def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
@@ -87,11 +90,26 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     for code in (REPO / "data").glob("*.py"):
         shutil.copy(code, root / "data" / code.name)
+    shutil.copytree(REPO / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "lensops").mkdir()
+    shutil.copy(REPO / "lensops" / "registry.py", root / "lensops" / "registry.py")
+    # Training shrunk to seconds; `make demo` itself runs the full 15 epochs.
+    params = (root / "params.yaml").read_text().replace("epochs: 15", "epochs: 1").replace("size: 32", "size: 16")
+    (root / "params.yaml").write_text(params)
     sh(root, "git", "init", "-q")
-    sh(root, sys.executable, "-m", "lensops.demo")
+    env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        sh(root, sys.executable, "-m", "lensops.demo")
+    finally:
+        if env_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = env_uri
 
     summary = json.loads((root / "reports" / "demo_summary.json").read_text())
     assert summary["ok"] and all(step["ok"] for step in summary["steps"])
+    assert 0 <= summary["test_accuracy"] <= 1 and (root / "metrics" / "eval.json").is_file()
+    assert (root / "mlruns" / "mlflow.db").is_file()  # the run and the registered version live in the project
+    plots = json.loads(sh(root, "dvc", "plots", "show", "--json").stdout)["data"]
+    assert {"loss", "accuracy", "metrics/confusion.csv", "reports/train/learning_curves.png"} <= set(plots)
     assert (root / "data" / "raw.dvc").is_file()
     assert json.loads((root / "metrics" / "data.json").read_text())["n_images"] == 1797
     assert any((root / ".dvc-storage").rglob("*"))  # pushed to the local remote

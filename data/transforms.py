@@ -1,0 +1,171 @@
+"""The one preprocessing, and the training augmentation.
+
+A `PreprocessingSpec` (input size, resize rule, interpolation, mean/std) is stored with every
+registered model version. `eval_transform(spec)` is the only place that turns it into a
+transform: training's validation, evaluation, review, serving and monitoring all call it, so
+nothing re-declares a resize or a mean/std.
+
+Every image first goes through `to_rgb`: EXIF orientation applied, any mode (greyscale,
+16-bit, palette with transparency, CMYK, RGBA) made 8-bit RGB. The augmentation is an
+albumentations pipeline declared in params.yaml; it runs on the resized uint8 image, between
+the shared resize and the shared normalisation, so training sees exactly the geometry and
+scaling that serving will.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from lensops.settings import PreprocessingSpec
+
+__all__ = ["PreprocessingSpec", "build_augmentation", "decode", "eval_transform", "to_rgb", "train_transform"]
+
+_PIL_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+class AugmentationError(ValueError):
+    """An augmentation in params.yaml names an unknown transform or argument, or a bad value."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB from any PIL image: EXIF rotation applied, transparency flattened on black."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale the full range to 8 bits instead of clipping at 255.
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        image = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def resize(image: Image.Image, spec: PreprocessingSpec) -> Image.Image:
+    """The spec's resize on an RGB image; returns size x size."""
+    method = _PIL_INTERPOLATION[spec.interpolation]
+    if spec.resize == "stretch":
+        return image.resize((spec.size, spec.size), method)
+    short = round(spec.size / spec.crop_fraction)
+    w, h = image.size
+    scale = short / min(w, h)
+    image = image.resize((max(spec.size, round(w * scale)), max(spec.size, round(h * scale))), method)
+    w, h = image.size
+    left, top = (w - spec.size) // 2, (h - spec.size) // 2
+    return image.crop((left, top, left + spec.size, top + spec.size))
+
+
+def normalize(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
+    """HWC uint8 -> CHW float32, scaled to [0, 1] then standardised by the spec's mean/std."""
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
+    chw = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    return (chw - mean) / std
+
+
+def eval_transform(spec: PreprocessingSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform: any PIL image -> float32 tensor (3, size, size)."""
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        pixels = np.asarray(resize(to_rgb(image), spec), dtype=np.uint8)
+        return torch.from_numpy(normalize(pixels, spec))
+
+    return transform
+
+
+def decode(data: bytes) -> Image.Image:
+    """Bytes -> a fully loaded PIL image (raises on truncated or unidentifiable data)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+# --- augmentation ----------------------------------------------------------------------------
+
+
+def _albumentations_transforms() -> dict[str, type]:
+    import albumentations as A
+
+    return {
+        name: obj
+        for name in dir(A)
+        if not name.startswith("_")
+        and isinstance(obj := getattr(A, name), type)
+        and issubclass(obj, A.BasicTransform)
+        and name not in ("BasicTransform", "DualTransform", "ImageOnlyTransform", "NoOp")
+    }
+
+
+def _closest(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(options))}"
+
+
+def build_augmentation(steps: Sequence[dict[str, Any]]):
+    """An albumentations Compose from params: a list of `{TransformName: {argument: value}}`.
+
+    Unknown transforms and arguments are errors naming the nearest valid one (albumentations
+    itself only warns about unknown arguments, which would silently train without them).
+    """
+    import albumentations as A
+
+    known = _albumentations_transforms()
+    transforms = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or len(step) != 1:
+            raise AugmentationError(f"train.augment[{i}]: expected one {{TransformName: {{args}}}}, got {step!r}")
+        ((name, args),) = step.items()
+        args = args or {}
+        if name not in known:
+            raise AugmentationError(f"train.augment[{i}]: unknown transform {name!r} ({_closest(name, known)})")
+        if not isinstance(args, dict):
+            raise AugmentationError(f"train.augment[{i}] {name}: arguments must be a mapping, got {args!r}")
+        cls = known[name]
+        valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+        for arg in args:
+            if arg not in valid:
+                raise AugmentationError(f"train.augment[{i}] {name}: unknown argument {arg!r} ({_closest(arg, valid)})")
+        try:
+            transforms.append(cls(**args))
+        except (ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()
+            raise AugmentationError(f"train.augment[{i}] {name}: {' '.join(first[:3])}") from None
+    return A.Compose(transforms)
+
+
+def train_transform(spec: PreprocessingSpec, augmentation) -> Callable[[Image.Image], np.ndarray]:
+    """Training: the shared RGB + resize, the augmentation on uint8 pixels, the shared normalisation."""
+
+    def transform(image: Image.Image) -> np.ndarray:
+        pixels = np.asarray(resize(to_rgb(image), spec), dtype=np.uint8)
+        pixels = augmentation(image=pixels)["image"]
+        return normalize(np.ascontiguousarray(pixels), spec)
+
+    return transform
+
+
+def augmentation_samples(
+    images: Sequence[Image.Image], spec: PreprocessingSpec, augmentation, *, per_image: int = 7
+) -> list:
+    """For a preview: each image resized as at evaluation, followed by `per_image` augmented draws (uint8 HWC)."""
+    rows = []
+    for image in images:
+        base = np.asarray(resize(to_rgb(image), spec), dtype=np.uint8)
+        rows.append([base, *(augmentation(image=base)["image"] for _ in range(per_image))])
+    return rows

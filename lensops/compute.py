@@ -1,0 +1,39 @@
+"""Ray: join the cluster named by `RAY_ADDRESS`, or start a local Ray sized to this machine."""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray() -> bool:
+    """Connect to (or start) Ray once per process. Returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # With RAY_ADDRESS set, ray.init joins that cluster; without, it starts a local one with
+    # every CPU and GPU of this machine. The dashboard process stays on (bound to 127.0.0.1): Ray's
+    # state API lives there, and Ray Train uses it to release the placement group of a run whose
+    # controller was stopped from outside (a Tune trial that ASHA cuts short); without it the
+    # CPUs of every stopped trial stay reserved and the next trial waits forever.
+    ray.init(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        ignore_reinit_error=True,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    return True
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,376 @@
+"""Training end to end on real Ray, a real MLflow store and real image files, shrunk to seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from lensops.settings import load_settings
+from tests.conftest import TINY_TRAINING, project_copy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, digits_project, tmp_path_factory):
+    """One tiny training run that the tests below inspect from every side."""
+    from training.train import train
+
+    root = project_copy(digits_project, tmp_path_factory.mktemp("trained") / "project")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    settings = load_settings(root / "params.yaml", TINY_TRAINING)
+    result = train(settings, progress=False)
+    return settings, result
+
+
+def test_training_registers_a_challenger_with_its_files(trained):
+    settings, result = trained
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("tiny", "challenger")
+    assert str(version.version) == result.model_version
+    assert version.run_id == result.run_id  # the version links back to the run that trained it
+    tags = version.tags
+    assert tags["lensops.run_id"] == result.run_id
+    assert len(tags["lensops.git_commit"]) >= 7 and tags["lensops.data_hash"].endswith(".dir")
+    assert len(tags["lensops.params_hash"]) == 16
+    assert tags["lensops.challenger.reason"] == "newly trained"
+
+    from lensops import registry
+
+    files = registry.download(settings, "models:/tiny@challenger")
+    assert files.classes == ["0", "1", "7"]
+    assert files.spec == settings.train.preprocessing
+    assert files.metrics["test"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+    baseline = files.baseline()
+    assert len(baseline) == int((pd.read_parquet(settings.path("data/prepared/manifest.parquet")).split == "val").sum())
+    assert {"path", "label", "predicted", "embedding"} <= set(baseline.columns)
+    assert len(baseline.embedding.iloc[0]) == 128
+
+
+def test_the_run_is_tracked(trained):
+    _, result = trained
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.params["train.model"] == "smallcnn" and run.data.params["train.epochs"] == "2"
+    for key in ("train_loss", "val_accuracy", "lr", "images_per_second", "test_accuracy", "test_macro_f1"):
+        assert key in run.data.metrics, key
+    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1]
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.source
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    expected = {"confusion_matrix.png", "learning_curves.png", "per_class_metrics.csv", "augmentation_preview.png"}
+    assert expected | {"augmentation.json", "test_predictions.csv", "metrics.json", "classes.json"} <= artifacts
+    augmentation = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="augmentation.json")).read_text()
+    )
+    assert [t["__class_fullname__"] for t in augmentation["transform"]["transforms"]] == [
+        "Affine",
+        "RandomBrightnessContrast",
+    ]
+
+
+def test_dvc_metrics_and_plots_are_written(trained):
+    settings, result = trained
+    metrics = json.loads(settings.path("metrics/eval.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+    assert set(metrics["recall"]) == {"0", "1", "7"} and 0 <= metrics["macro_f1"] <= 1
+    assert set(pd.read_csv(settings.path("metrics/confusion.csv")).columns) == {"actual", "predicted"}
+    assert list(pd.read_csv(settings.path("metrics/learning_curves.csv")).epoch) == [0, 1]
+    assert settings.path("reports/train/confusion_matrix.png").stat().st_size > 0
+
+
+def test_tiny_model_learns_something(trained):
+    _, result = trained
+    # Three well-separated digits: far above the 1/3 of guessing after two epochs.
+    assert result.test_metrics["accuracy"] > 0.6
+
+
+LOAD_SCRIPT = """
+import sys
+import mlflow, torch
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pytorch.load_model(sys.argv[2])
+images = torch.load(sys.argv[3], weights_only=True)
+logits, embedding = model(images)
+torch.save({"logits": logits.detach(), "embedding": embedding.detach()}, sys.argv[4])
+assert not {"lensops", "data", "training"} & set(sys.modules), "loaded project code"
+"""
+
+
+def test_registered_model_in_a_fresh_process_reproduces_evaluation(trained, tmp_path):
+    """mlflow + torch alone load the version; through the shared transform it gives the evaluation's answers."""
+    from data.prepare import load_prepared
+    from lensops.settings import tracking_uri
+    from training.datasets import load_images, split_frame
+
+    settings, result = trained
+    manifest, classes, raw = load_prepared(settings.path(settings.data.prepared))
+    test = split_frame(manifest, "test")
+    torch.save(torch.from_numpy(load_images(test, raw, settings.train.preprocessing)), tmp_path / "images.pt")
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_SCRIPT)
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            tracking_uri(settings.root),
+            "models:/tiny@challenger",
+            str(tmp_path / "images.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        cwd=tmp_path,
+        check=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    evaluated = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="test_predictions.csv"), dtype=str
+    )
+    predicted = [classes[i] for i in out["logits"].argmax(1).tolist()]
+    assert predicted == evaluated.predicted.tolist()
+    assert len(test) > 1 and out["logits"].shape == (len(test), 3)  # another batch size than the example's 2
+    assert out["embedding"].shape == (len(test), 128)
+
+
+def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, digits_project, tmp_path, monkeypatch):
+    from training.train import train
+
+    root = project_copy(digits_project, tmp_path / "project")
+    monkeypatch.setenv("LENSOPS_FAIL_ONCE_AT_EPOCH", "1")
+    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.epochs=3", "train.max_failures=1"])
+    result = train(settings, progress=False)
+    markers = list((root / "ray_results").glob("*.failed"))
+    assert [m.read_text().strip() for m in markers] == ["failed at epoch 1"]  # it did fail, once
+    assert list(result.history.epoch) == [0, 1, 2]  # and finished every epoch exactly once
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(result.run_id, "train_loss")]
+    assert sorted(set(steps)) == [0, 1, 2]
+    assert steps.count(0) == 1  # epoch 0 was not repeated after the restart
+
+
+def test_a_stopped_run_continues_with_resume(ray_session, digits_project, tmp_path, monkeypatch):
+    """A run that dies (no retries left) ends FAILED, names the resume command, and --resume finishes it."""
+    from training.train import TrainingError, train
+
+    root = project_copy(digits_project, tmp_path / "project")
+    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.epochs=3", "train.max_failures=0"])
+    monkeypatch.setenv("LENSOPS_FAIL_ONCE_AT_EPOCH", "1")
+    with pytest.raises(TrainingError, match="lensops train --resume ") as failure:
+        train(settings, progress=False)
+    run_id = str(failure.value).rsplit("--resume ", 1)[1].split("`")[0]
+    client = mlflow.MlflowClient()
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
+
+    monkeypatch.delenv("LENSOPS_FAIL_ONCE_AT_EPOCH")
+    changed = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.epochs=4", "train.max_failures=0"])
+    with pytest.raises(ValueError, match="other params"):
+        train(changed, resume=run_id, progress=False)
+    result = train(settings, resume=run_id, progress=False)
+    assert result.run_id == run_id and list(result.history.epoch) == [0, 1, 2]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [0, 1, 2]  # 0 ran once
+    assert client.get_run(run_id).info.status == "FINISHED"
+    with pytest.raises(ValueError, match="already finished"):
+        train(settings, resume=run_id, progress=False)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.model=resnet19", "did you mean 'resnet18'"),
+        ("train.augment=[{Afine: {rotate: 5}}]", "unknown transform 'Afine' (did you mean 'Affine'"),
+        ("train.augment=[{Affine: {rotat: 5}}]", "unknown argument 'rotat' (did you mean 'rotate'"),
+        ("train.augment=[{Affine: {rotate: nonsense}}]", "train.augment[0] Affine"),
+        ("train.optimiser=sgd", "did you mean 'train.optimizer'"),
+        ("train.lr=-1", "train.lr"),
+    ],
+)
+def test_invalid_training_configuration_is_a_clear_usage_error(cli, digits_project, monkeypatch, override, message):
+    monkeypatch.chdir(digits_project)
+    result = cli("train", "-S", override)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_training_without_a_prepared_dataset_says_what_to_run(cli, project):
+    result = cli("train")
+    assert result.exit_code == 1
+    assert "lensops data prepare" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TRAIN_SCRIPT = """
+import sys
+from lensops.settings import load_settings
+from training.train import train
+settings = load_settings(sys.argv[1], sys.argv[2:])
+result = train(settings, progress=False)
+print("VERSION", result.model_version)
+"""
+
+
+def test_training_against_a_real_mlflow_server(digits_project, tmp_path):
+    """The remote path: a separate `mlflow server` process on 127.0.0.1 holds runs, artifacts and the registry."""
+    root = project_copy(digits_project, tmp_path / "project")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        _wait_for(f"{uri}/health", server)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        script = tmp_path / "train.py"
+        script.write_text(TRAIN_SCRIPT)
+        out = subprocess.run(
+            [sys.executable, str(script), str(root / "params.yaml"), *TINY_TRAINING, "train.epochs=1"],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert not (root / "mlruns").exists()  # nothing went to the local store
+        assert any((tmp_path / "server-artifacts").rglob("model.pt2"))  # the network went to the server's store
+        lookup = "import mlflow; print(mlflow.MlflowClient().get_model_version_by_alias('tiny', 'challenger').version)"
+        check = subprocess.run(
+            [sys.executable, "-c", lookup],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert check.stdout.strip() == out.stdout.split("VERSION")[-1].strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+CLUSTER_SCRIPT = """
+import sys
+import ray
+from ray.cluster_utils import Cluster
+from lensops.settings import load_settings
+from training.train import train
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address, include_dashboard=False)
+try:
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    result = train(load_settings(sys.argv[1], sys.argv[2:]), progress=False)
+    print("ACCURACY", result.test_metrics["accuracy"])
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_training_across_a_two_node_cluster(digits_project, tmp_path):
+    root = project_copy(digits_project, tmp_path / "project")
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(root / "params.yaml"), *TINY_TRAINING, "train.epochs=1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ACCURACY" in out.stdout
+
+
+def test_tune_stops_a_hopeless_trial_and_logs_child_runs(ray_session, digits_project, tmp_path):
+    """Two grid trials, one with a learning rate too small to learn: ASHA stops it at the rung."""
+    from training.tune import tune
+
+    root = project_copy(digits_project, tmp_path / "project")
+    overrides = [
+        *TINY_TRAINING,
+        "tune.max_epochs=3",
+        "tune.grace_period=2",
+        "tune.num_samples=1",
+        "tune.space={train.lr: {grid: [0.003, 1.0e-7]}}",
+    ]
+    result = tune(load_settings(root / "params.yaml", overrides), progress=False)
+
+    assert result.best_config == {"train.lr": 0.003}
+    assert result.command == "lensops train -S train.lr=0.003"
+    epochs = dict(zip(result.trials["train.lr"], result.trials["epochs"], strict=True))
+    assert epochs == {0.003: 3, 1.0e-7: 2}  # the hopeless one was cut at the rung, the good one ran on
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["lensops.stage"] == "tune" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(result.best_metrics["best_val_accuracy"])
+    assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {
+        "best_config.json",
+        "trials.csv",
+        "trials.png",
+    }
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'"
+    )
+    by_lr = {c.data.params["train.lr"]: c for c in children}
+    assert set(by_lr) == {"0.003", "1e-07"}
+    assert by_lr["1e-07"].data.tags.get("lensops.stopped_by") == "ASHA"
+    assert len(client.get_metric_history(by_lr["0.003"].info.run_id, "val_accuracy")) == 3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tune.space={train.lr: {logunifrom: [0.001, 0.01]}}", "did you mean 'loguniform'"),
+        ("tune.space={train.lrr: {choice: [0.001]}}", "did you mean 'train.lr'"),
+        ("tune.space={train.lr: {uniform: [0.1]}}", "needs [low, high]"),
+    ],
+)
+def test_invalid_search_space_is_a_usage_error(cli, digits_project, monkeypatch, override, message):
+    monkeypatch.chdir(digits_project)
+    result = cli("tune", "-S", override)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_training_with_a_dataloader_per_worker(ray_session, digits_project, tmp_path):
+    """train.input=dataloader: each worker reads its share through a torch DataLoader instead of Ray Data."""
+    from training.train import train
+
+    root = project_copy(digits_project, tmp_path / "project")
+    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.input=dataloader"])
+    result = train(settings, progress=False)
+    assert list(result.history.epoch) == [0, 1]
+    assert result.test_metrics["accuracy"] > 0.6
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.params["train.input"] == "dataloader"

@@ -1,0 +1,312 @@
+"""`lensops tune`: a Ray Tune search over `tune.space` with ASHA early stopping.
+
+Every trial is a full Ray Train run (the same loop, datasets and scaling as `lensops train`)
+inside a Tune trial, logged as an MLflow child run of one parent run. ASHA stops trials whose
+validation accuracy trails the others at each rung. The parent run gets the best config, its
+metrics and a table of all trials. Tuning registers nothing: train the winner with
+`lensops train -S key=value ...` (the command is printed and logged).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.train import UserCallback
+
+from lensops import registry
+from lensops.compute import ensure_ray
+from lensops.settings import Settings, SettingsError
+
+from .loop import train_loop_per_worker
+from .train import TrainingError, load_training_data, loop_config, scaling_config, trainer_datasets
+
+SAMPLERS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "grid": 1}
+OBJECTIVE = "val_accuracy"
+
+
+@dataclass
+class TuneResult:
+    parent_run_id: str
+    best_config: dict[str, Any]
+    best_metrics: dict[str, float]
+    trials: pd.DataFrame
+    command: str
+
+
+def search_space(settings: Settings) -> dict[str, Any]:
+    """`tune.space` as Ray Tune samplers; every key and sampler is checked before anything starts."""
+    from ray import tune
+
+    space = {}
+    for key, spec in settings.tune.space.items():
+        if len(spec) != 1:
+            raise SettingsError(f"tune.space.{key}: give exactly one sampler ({', '.join(SAMPLERS)}), got {list(spec)}")
+        ((sampler, args),) = spec.items()
+        if sampler not in SAMPLERS:
+            close = difflib.get_close_matches(sampler, SAMPLERS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"samplers: {', '.join(SAMPLERS)}"
+            raise SettingsError(f"tune.space.{key}: unknown sampler {sampler!r} ({hint})")
+        if sampler in ("choice", "grid"):
+            if not args:
+                raise SettingsError(f"tune.space.{key}: {sampler} needs a non-empty list of values")
+            examples = list(args)
+        else:
+            if len(args) != 2:
+                raise SettingsError(f"tune.space.{key}: {sampler} needs [low, high], got {args}")
+            examples = list(args)
+        for value in examples:  # each value must make valid settings (catches typos in keys too)
+            try:
+                settings.updated({key: value})
+            except SettingsError as e:
+                raise SettingsError(f"tune.space.{key} = {value!r}: {e}") from None
+        space[key] = {
+            "choice": lambda a: tune.choice(a),
+            "grid": lambda a: tune.grid_search(a),
+            "uniform": lambda a: tune.uniform(*a),
+            "loguniform": lambda a: tune.loguniform(*a),
+            "randint": lambda a: tune.randint(*a),
+        }[sampler](list(args))
+    if not space:
+        raise SettingsError(
+            "tune.space is empty; declare at least one key to search, e.g. train.lr: {loguniform: [0.0005, 0.01]}"
+        )
+    return space
+
+
+class _LogEpochs(UserCallback):
+    """Runs in the trial's Ray Train controller: each epoch's metrics go to the trial's MLflow run."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+
+    def after_report(self, run_context, metrics, checkpoint):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        registry.log_epoch(self.run_id, dict(metrics[0]), synchronous=True)
+
+
+def _trial(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    root: str,
+    uri: str,
+    parent_run_id: str,
+    experiment_id: str,
+    max_epochs: int,
+) -> None:
+    """One Tune trial: a child MLflow run and a Ray Train run with the sampled settings."""
+    import mlflow
+    from ray import tune
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    settings = Settings.model_validate(base)
+    settings._root = Path(root)
+    settings = settings.updated({**config, "train.epochs": max_epochs})
+    data = load_training_data(settings)
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    context = tune.get_context()
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "lensops.stage": "tune-trial",
+        "lensops.trial_id": context.get_trial_id(),
+    }
+    run = client.create_run(experiment_id, run_name=context.get_trial_name(), tags=tags)
+    client.log_batch(
+        run.info.run_id,
+        params=[
+            mlflow.entities.Param(k, str(v)[:6000])
+            for k, v in registry.flatten(settings.model_dump(mode="json", by_alias=True)).items()
+        ],
+    )
+    client.set_tag(run.info.run_id, "lensops.sampled", ", ".join(f"{k}={v}" for k, v in config.items()))
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(settings, data),
+        scaling_config=scaling_config(settings)[0],
+        datasets=trainer_datasets(settings, data),
+        run_config=RunConfig(
+            name=f"{parent_run_id}-{context.get_trial_id()}",
+            storage_path=str(settings.path("ray_results") / "tune"),
+            callbacks=[TuneReportCallback(), _LogEpochs(uri, run.info.run_id)],
+        ),
+    )
+    try:
+        trainer.fit()
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
+
+
+def tune_command_line(best: dict[str, Any]) -> str:
+    return "lensops train " + " ".join(
+        f"-S {k}={v!r}" if isinstance(v, str) else f"-S {k}={v}" for k, v in best.items()
+    )
+
+
+def tune(settings: Settings, *, progress: bool = True) -> TuneResult:
+    import mlflow
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    space = search_space(settings)
+    data = load_training_data(settings)  # fails fast on a missing dataset or a bad augmentation
+    cfg = settings.tune
+    ensure_ray()
+    scaling_config(settings)  # fails fast on use_gpu without GPUs
+
+    registry.client(settings)
+    uri = mlflow.get_tracking_uri()
+    experiment_id = registry.experiment_id(settings)
+    parent = mlflow.MlflowClient().create_run(
+        experiment_id,
+        run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"lensops.stage": "tune", "lensops.actor": registry.who()},
+    )
+    parent_id = parent.info.run_id
+    client = mlflow.MlflowClient()
+    client.log_batch(
+        parent_id,
+        params=[
+            mlflow.entities.Param(k, str(v)[:6000])
+            for k, v in registry.flatten({"tune": cfg.model_dump(mode="json")}).items()
+        ],
+    )
+    client.log_dict(parent_id, {"classes": data.classes}, "classes.json")
+
+    trainable = ray_tune.with_parameters(
+        _trial,
+        base=settings.model_dump(mode="json", by_alias=True),
+        root=str(settings.root),
+        uri=uri,
+        parent_run_id=parent_id,
+        experiment_id=experiment_id,
+        max_epochs=cfg.max_epochs,
+    )
+    # The trial's own process only waits on its Ray Train run: it needs next to no CPU.
+    trainable = ray_tune.with_resources(trainable, {"CPU": 0.01})
+    tuner = ray_tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=ray_tune.TuneConfig(
+            metric=OBJECTIVE,
+            mode="max",
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration", max_t=cfg.max_epochs, grace_period=min(cfg.grace_period, cfg.max_epochs)
+            ),
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=False,  # a fresh process per trial: Ray Train state does not carry over between trials
+        ),
+        run_config=ray_tune.RunConfig(
+            name=parent_id,
+            storage_path=str(settings.path("ray_results") / "tune"),
+            verbose=1 if progress else 0,
+        ),
+    )
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        client.set_terminated(parent_id, status="FAILED")
+        raise
+
+    trials = _trial_table(grid, list(space))
+    completed = trials.dropna(subset=[OBJECTIVE])
+    if completed.empty:
+        client.set_terminated(parent_id, status="FAILED")
+        errors = [str(r.error)[:300] for r in grid if r.error]
+        raise TrainingError("no trial reported a result" + (f"; first error: {errors[0]}" if errors else ""))
+    best_result = grid.get_best_result(metric=OBJECTIVE, mode="max", scope="all")
+    best_config = {k: best_result.config[k] for k in space}
+    best_metrics = {
+        k: float(v)
+        for k, v in best_result.metrics.items()
+        if k in ("val_accuracy", "val_loss", "train_loss", "train_accuracy", "best_val_accuracy")
+    }
+    best_metrics["best_val_accuracy"] = float(completed[OBJECTIVE].max())
+    _close_stopped_trials(client, parent_id, experiment_id)
+    command = tune_command_line(best_config)
+
+    for key, value in best_metrics.items():
+        client.log_metric(parent_id, f"best_{key}" if not key.startswith("best_") else key, value)
+    client.log_dict(
+        parent_id, {"best_config": best_config, "metrics": best_metrics, "command": command}, "best_config.json"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        table = Path(scratch) / "trials.csv"
+        trials.to_csv(table, index=False)
+        client.log_artifact(parent_id, str(table))
+        client.log_artifact(parent_id, str(_plot_trials(grid, Path(scratch) / "trials.png")))
+    client.set_tag(parent_id, "lensops.best_command", command)
+    client.set_terminated(parent_id)
+    return TuneResult(parent_id, best_config, best_metrics, trials, command)
+
+
+def _trial_table(grid, keys: list[str]) -> pd.DataFrame:
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        row = {k: result.config.get(k) for k in keys}
+        row.update(
+            {
+                "trial": metrics.get("trial_id", Path(result.path).name if result.path else ""),
+                "epochs": metrics.get("training_iteration", 0),
+                OBJECTIVE: (
+                    max(result.metrics_dataframe[OBJECTIVE])
+                    if result.metrics_dataframe is not None and OBJECTIVE in result.metrics_dataframe
+                    else None
+                ),
+                "error": str(result.error)[:200] if result.error else "",
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(OBJECTIVE, ascending=False, na_position="last", ignore_index=True)
+
+
+def _close_stopped_trials(client, parent_id: str, experiment_id: str) -> None:
+    """Trials that ASHA stopped never end their MLflow run themselves: end them, saying why."""
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    )
+    for run in children:
+        client.set_tag(run.info.run_id, "lensops.stopped_by", "ASHA")
+        client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _plot_trials(grid, path: Path) -> Path:
+    """Validation accuracy per epoch for every trial: where ASHA cut each one off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is None or OBJECTIVE not in frame:
+            continue
+        label = ", ".join(
+            f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in result.config.items()
+        )
+        ax.plot(frame["training_iteration"], frame[OBJECTIVE], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel=OBJECTIVE, title="trials (a line that ends early was stopped by ASHA)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
