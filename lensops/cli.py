@@ -215,5 +215,133 @@ def tune_command(ctx: typer.Context, overrides: Overrides = None) -> None:
     out.print(f"train it with: {result.command}")
 
 
+@app.command("review")
+def review_command(
+    ctx: typer.Context,
+    challenger: Annotated[
+        str | None, typer.Option(help="Version, alias or models:/ URI (default @challenger).")
+    ] = None,
+    champion: Annotated[str | None, typer.Option(help="Version, alias or models:/ URI (default @champion).")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where review.json and review.html go (default review.report_dir).")
+    ] = None,
+    extra: Annotated[Path | None, typer.Option(help="A labelled production sample: <label>/<image> files.")] = None,
+    hold_ok: Annotated[bool, typer.Option("--hold-ok", help="Exit 0 on a hold verdict too (for pipelines).")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Challenger against champion on the same test split; gates; report; verdict on the version.
+
+    Exit 0 when the verdict is promote, 3 when it is hold, 2 for a usage error.
+    """
+    from training.review import ReviewError, review
+
+    settings = settings_for(ctx, overrides)
+    try:
+        result = review(
+            settings, challenger_ref=challenger, champion_ref=champion, report_dir=report_dir, extra_dir=extra
+        )
+    except ReviewError as e:
+        fail(str(e))
+    models = [m for m in (result.challenger, result.champion) if m is not None]
+    table = Table(title="review", title_justify="left")
+    table.add_column("")
+    for m in models:
+        table.add_column(f"{m.role} v{m.version}", justify="right")
+    for key in ("accuracy", "macro_f1", "ece"):
+        table.add_row(key, *(f"{m.metrics[key]:.4f}" for m in models))
+    for key in result.challenger.latency:
+        table.add_row(f"latency {key}", *(f"{m.latency[key]:.3f}" for m in models))
+    table.add_row("size MB", *(f"{m.size_mb:.2f}" for m in models))
+    out.print(table)
+    gates = Table(title="gates", title_justify="left")
+    for column in ("gate", "value", "threshold", "result", "detail"):
+        gates.add_column(column)
+    for g in result.gates:
+        gates.add_row(
+            g.name, f"{g.value:.4f}", f"{g.threshold:g}", "[green]pass[/]" if g.passed else "[red]FAIL[/]", g.detail
+        )
+    out.print(gates)
+    if result.champion is None:
+        out.print("no champion yet: only the absolute gates apply")
+    colour = "green" if result.verdict == "promote" else "yellow"
+    out.print(f"verdict: [bold {colour}]{result.verdict}[/]. Report: {result.report_dir / 'review.html'}")
+    if result.verdict != "promote" and not hold_ok:
+        raise typer.Exit(3)
+
+
+@app.command("promote")
+def promote_command(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="Version to promote (default: the challenger).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded on the version.")] = None,
+    force: Annotated[bool, typer.Option(help="Promote without a passing review (needs --reason).")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Move @champion to a version whose latest review passed; the old champion becomes @previous."""
+    from training.promotion import PromotionRefused, promote
+    from training.review import ReviewError
+
+    settings = settings_for(ctx, overrides)
+    try:
+        move = promote(settings, version, reason=reason, force=force)
+    except ReviewError as e:
+        fail(str(e))
+    except PromotionRefused as e:
+        fail(f"refused: {e}", code=1)
+    if not move.changed:
+        out.print(f"{settings.registry.model_name} v{move.champion} is already @champion; nothing changed")
+        return
+    previous = f"; v{move.previous} is now @previous" if move.previous else ""
+    out.print(
+        f"[green]promoted[/] {settings.registry.model_name} v{move.champion} to @champion ({move.reason}){previous}"
+    )
+
+
+@app.command("rollback")
+def rollback_command(
+    ctx: typer.Context,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded on the version.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Point @champion back at @previous."""
+    from training.promotion import PromotionRefused, rollback
+    from training.review import ReviewError
+
+    settings = settings_for(ctx, overrides)
+    try:
+        move = rollback(settings, reason=reason)
+    except ReviewError as e:
+        fail(str(e))
+    except PromotionRefused as e:
+        fail(f"refused: {e}", code=1)
+    out.print(f"[green]rolled back[/]: v{move.champion} is @champion again; v{move.previous} is @previous")
+
+
+@app.command("models")
+def models_command(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """The registered versions: aliases, test accuracy, data version, created, review verdict."""
+    from training.promotion import list_models
+    from training.review import ReviewError
+
+    settings = settings_for(ctx, overrides)
+    try:
+        frame = list_models(settings)
+    except ReviewError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(frame.to_json(orient="records", indent=2))
+        return
+    table = Table(title=f"model {settings.registry.model_name}", title_justify="left")
+    for column in frame.columns:
+        table.add_column(column)
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if v is None or v != v else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

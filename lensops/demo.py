@@ -46,7 +46,9 @@ def demo_steps(root: Path) -> list[Step]:
         ),
         Step("version data/raw with DVC", [dvc, "add", "--quiet", "data/raw"]),
         Step("push the data version to the remote", [dvc, "push", "--quiet"]),
-        Step("dvc repro (validate, prepare, train)", [dvc, "repro"]),
+        Step("dvc repro (validate, prepare, train, review)", [dvc, "repro"]),
+        Step("promote the reviewed challenger", [lensops, "promote", "--reason", "make demo: review passed"]),
+        Step("list the registered versions", [lensops, "models"]),
         Step("push the pipeline outputs", [dvc, "push", "--quiet"]),
         Step("show DVC metrics", [dvc, "metrics", "show"]),
     ]
@@ -78,6 +80,11 @@ def run_demo(root: Path) -> int:
         metrics = json.loads(evaluation.read_text())
         results["test_accuracy"], results["test_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
         console.print(f"registered model: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    review = root / "reports" / "review" / "review.json"
+    if review.is_file():
+        verdict = json.loads(review.read_text())
+        results["review_verdict"] = verdict["verdict"]
+        results["reviewed_version"] = verdict["challenger"]["version"]
     summary = root / "reports" / "demo_summary.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(results, indent=2) + "\n")

@@ -148,6 +148,25 @@ class TuneSettings(Section):
     )
 
 
+class GateSettings(Section):
+    """Thresholds a challenger must meet; a null threshold turns its gate off."""
+
+    min_accuracy: float | None = Field(0.9, ge=0, le=1, description="absolute: test accuracy at least this")
+    max_ece: float | None = Field(None, ge=0, le=1, description="absolute: expected calibration error at most this")
+    max_accuracy_drop: float | None = Field(0.01, ge=0, le=1, description="against the champion")
+    max_class_recall_drop: float | None = Field(0.05, ge=0, le=1, description="against the champion, any class")
+    max_latency_ratio: float | None = Field(1.5, gt=0, description="challenger/champion batched latency")
+
+
+class ReviewSettings(Section):
+    report_dir: Path = Path("reports/review")
+    latency_repeats: int = Field(30, ge=1, description="timed forwards per latency figure")
+    latency_batch: int = Field(64, ge=1)
+    calibration_bins: int = Field(15, ge=2)
+    max_disagreements_shown: int = Field(32, ge=0)
+    gates: GateSettings = Field(default_factory=GateSettings)
+
+
 class Settings(Section):
     data: DataSettings = Field(default_factory=DataSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
@@ -156,6 +175,7 @@ class Settings(Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -95,6 +95,7 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     shutil.copy(REPO / "lensops" / "registry.py", root / "lensops" / "registry.py")
     # Training shrunk to seconds; `make demo` itself runs the full 15 epochs.
     params = (root / "params.yaml").read_text().replace("epochs: 15", "epochs: 1").replace("size: 32", "size: 16")
+    params = params.replace("min_accuracy: 0.9", "min_accuracy: 0.0")  # one epoch is not meant to be good
     (root / "params.yaml").write_text(params)
     sh(root, "git", "init", "-q")
     env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -108,6 +109,9 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     assert summary["ok"] and all(step["ok"] for step in summary["steps"])
     assert 0 <= summary["test_accuracy"] <= 1 and (root / "metrics" / "eval.json").is_file()
     assert (root / "mlruns" / "mlflow.db").is_file()  # the run and the registered version live in the project
+    assert summary["review_verdict"] == "promote" and summary["reviewed_version"] == "1"
+    models = json.loads(sh(root, "lensops", "models", "--json").stdout)
+    assert models[0]["version"] == 1 and "champion" in models[0]["aliases"].split(",")
     plots = json.loads(sh(root, "dvc", "plots", "show", "--json").stdout)["data"]
     assert {"loss", "accuracy", "metrics/confusion.csv", "reports/train/learning_curves.png"} <= set(plots)
     assert (root / "data" / "raw.dvc").is_file()
