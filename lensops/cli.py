@@ -343,5 +343,27 @@ def models_command(
     out.print(table)
 
 
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Version, alias or models:/ URI (default @champion).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default serve.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Serve the model with Ray Serve in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
+    from serving.server import ServeError, run_foreground
+
+    settings = settings_for(ctx, overrides)
+    try:
+        run_foreground(
+            settings, model, host=host, port=port,
+            on_ready=lambda url: out.print(f"serving at {url} (docs at {url}/docs); Ctrl-C to stop"),
+        )  # fmt: skip
+    except ServeError as e:
+        fail(str(e))
+    out.print("stopped")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

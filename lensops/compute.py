@@ -21,7 +21,7 @@ def ensure_ray() -> bool:
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         ignore_reinit_error=True,
-        log_to_driver=True,
+        log_to_driver=False,  # the driver shows its own progress; worker logs stay in the Ray session folder
         configure_logging=False,
     )
     return True

@@ -229,3 +229,23 @@ def load_network(folder_or_uri: str | Path):
     import mlflow.pytorch
 
     return mlflow.pytorch.load_model(str(folder_or_uri))
+
+
+def existing_refs(settings: Settings) -> str:
+    """What a user could have meant: the registered versions and aliases, for error messages."""
+    import mlflow
+
+    mlflow_client = client(settings)
+    name = settings.registry.model_name
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        models = [m.name for m in mlflow_client.search_registered_models()]
+        return f"no registered model {name!r}" + (
+            f"; registered models: {', '.join(models)}"
+            if models
+            else "; nothing is registered yet (run `lensops train`)"
+        )
+    versions = sorted(int(v.version) for v in mlflow_client.search_model_versions(f"name = '{name}'"))
+    aliases = ", ".join(f"@{a}=v{v}" for a, v in sorted(model.aliases.items())) or "none"
+    return f"model {name!r} has versions {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}"

@@ -167,6 +167,32 @@ class ReviewSettings(Section):
     gates: GateSettings = Field(default_factory=GateSettings)
 
 
+class ServeSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model: str | None = Field(None, description="version, alias or models:/ URI; default models:/<name>@champion")
+    max_body_bytes: int = Field(10 * 2**20, ge=1)
+    allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
+    max_pixels: int = Field(40_000_000, ge=1, description="all frames together, checked from the header")
+    top_k: int = Field(3, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_ms: float = Field(10.0, ge=0)
+    request_timeout_s: float = Field(10.0, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1, description="per ingress replica")
+    max_queued_requests: int = Field(64, ge=1, description="beyond this, requests get 503 at once")
+    alias_poll_seconds: float = Field(2.0, gt=0, description="how often the served alias is re-resolved")
+    preprocess_replicas: int = Field(1, ge=1)
+    model_replicas: int = Field(1, ge=1)
+    replica_cpus: float = Field(0.25, gt=0, description="per replica; fractional so small machines can host all")
+    use_gpu: bool | Literal["auto"] = "auto"
+
+
+class MonitoringSettings(Section):
+    log_dir: Path = Path("reports/production_log")
+    flush_seconds: float = Field(1.0, gt=0)
+    flush_records: int = Field(512, ge=1)
+
+
 class Settings(Section):
     data: DataSettings = Field(default_factory=DataSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
@@ -176,6 +202,8 @@ class Settings(Section):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -13,7 +13,7 @@ import pandas as pd
 from lensops import registry
 from lensops.settings import Settings
 
-from .review import ReviewError, existing_refs
+from .review import ReviewError
 
 
 class PromotionRefused(RuntimeError):
@@ -36,7 +36,7 @@ def _aliases(settings: Settings) -> dict[str, str]:
     try:
         return {k: str(v) for k, v in client.get_registered_model(settings.registry.model_name).aliases.items()}
     except mlflow.exceptions.MlflowException:
-        raise ReviewError(existing_refs(settings)) from None
+        raise ReviewError(registry.existing_refs(settings)) from None
 
 
 def _tags(settings: Settings, version: str) -> dict[str, str]:
@@ -45,7 +45,7 @@ def _tags(settings: Settings, version: str) -> dict[str, str]:
     try:
         return dict(registry.client(settings).get_model_version(settings.registry.model_name, version).tags)
     except mlflow.exceptions.MlflowException:
-        raise ReviewError(f"unknown version {version!r}: {existing_refs(settings)}") from None
+        raise ReviewError(f"unknown version {version!r}: {registry.existing_refs(settings)}") from None
 
 
 def promote(settings: Settings, version: str | None = None, *, reason: str | None = None, force: bool = False) -> Move:
@@ -54,7 +54,7 @@ def promote(settings: Settings, version: str | None = None, *, reason: str | Non
         raise ReviewError("--force needs --reason: say why this version skips its review")
     if version is None:
         if registry.CHALLENGER not in aliases:
-            raise ReviewError(f"no version given and no @{registry.CHALLENGER}: {existing_refs(settings)}")
+            raise ReviewError(f"no version given and no @{registry.CHALLENGER}: {registry.existing_refs(settings)}")
         version = aliases[registry.CHALLENGER]
     version = version.removeprefix("v")
     tags = _tags(settings, version)
@@ -95,7 +95,7 @@ def rollback(settings: Settings, *, reason: str | None = None) -> Move:
     aliases = _aliases(settings)
     previous, champion = aliases.get(registry.PREVIOUS), aliases.get(registry.CHAMPION)
     if previous is None:
-        raise PromotionRefused(f"nothing to roll back to: no @{registry.PREVIOUS} ({existing_refs(settings)})")
+        raise PromotionRefused(f"nothing to roll back to: no @{registry.PREVIOUS} ({registry.existing_refs(settings)})")
     why = reason or f"rollback from v{champion}"
     registry.set_alias(settings, registry.CHAMPION, previous, reason=why)
     if champion:

@@ -92,26 +92,6 @@ class Review:
 # --- loading and measuring ------------------------------------------------------------------
 
 
-def existing_refs(settings: Settings) -> str:
-    """What a user could have meant: the registered versions and aliases, for error messages."""
-    import mlflow
-
-    client = registry.client(settings)
-    name = settings.registry.model_name
-    try:
-        model = client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        models = [m.name for m in client.search_registered_models()]
-        return f"no registered model {name!r}" + (
-            f"; registered models: {', '.join(models)}"
-            if models
-            else "; nothing is registered yet (run `lensops train`)"
-        )
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    aliases = ", ".join(f"@{a}=v{v}" for a, v in sorted(model.aliases.items())) or "none"
-    return f"model {name!r} has versions {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}"
-
-
 def resolve_version(settings: Settings, ref: str | None, default_alias: str) -> tuple[str, str] | None:
     """(uri, version) of a ref, None when the default alias is not set; ReviewError for a bad ref."""
     import mlflow
@@ -125,7 +105,7 @@ def resolve_version(settings: Settings, ref: str | None, default_alias: str) -> 
     except (mlflow.exceptions.MlflowException, IndexError):
         if ref is None:
             return None
-        raise ReviewError(f"unknown model reference {ref!r} ({uri}): {existing_refs(settings)}") from None
+        raise ReviewError(f"unknown model reference {ref!r} ({uri}): {registry.existing_refs(settings)}") from None
 
 
 def _forward(network, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -276,7 +256,8 @@ def review(
     found = resolve_version(settings, challenger_ref, registry.CHALLENGER)
     if found is None:
         raise ReviewError(
-            f"nothing to review: no @{registry.CHALLENGER} alias ({existing_refs(settings)}); run `lensops train`"
+            f"nothing to review: no @{registry.CHALLENGER} alias "
+            f"({registry.existing_refs(settings)}); run `lensops train`"
         )
     challenger_uri, challenger_version = found
     champion = resolve_version(settings, champion_ref, registry.CHAMPION)

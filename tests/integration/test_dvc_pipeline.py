@@ -6,6 +6,7 @@ The data-stage tests reproduce up to `prepare`; the demo test runs every stage, 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,17 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     assert summary["review_verdict"] == "promote" and summary["reviewed_version"] == "1"
     models = json.loads(sh(root, "lensops", "models", "--json").stdout)
     assert models[0]["version"] == 1 and "champion" in models[0]["aliases"].split(",")
+    served = summary["served"]
+    assert served["exit_code"] == 0 and len(served["answers"]) == 10  # one image per digit, then SIGINT
+    assert {a["version"] for a in served["answers"]} == {"1"}
+
+    # SIGTERM stops `lensops serve` cleanly too, and no production-log record is lost on the way.
+    from lensops.demo import serve_check
+    from lensops.production_log import read_log
+
+    again = serve_check(root, stop_signal=signal.SIGTERM)
+    assert again["exit_code"] == 0 and len(again["answers"]) == 10
+    assert len(read_log(root / "reports" / "production_log")) == 20
     plots = json.loads(sh(root, "dvc", "plots", "show", "--json").stdout)["data"]
     assert {"loss", "accuracy", "metrics/confusion.csv", "reports/train/learning_curves.png"} <= set(plots)
     assert (root / "data" / "raw.dvc").is_file()

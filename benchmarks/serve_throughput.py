@@ -1,0 +1,186 @@
+"""Serving throughput: lensops serve against a naive Ray Serve app and the raw model forward.
+
+  (a) lensops serve    ingress -> preprocessing deployment -> @serve.batch model deployment
+  (b) naive            one Ray Serve deployment: torchvision preprocessing and a forward per request
+  (c) raw forward      the same network in this process on ready tensors, batches of max_batch_size
+
+(a) and (b) serve the same registered version on 127.0.0.1 and get the same PNG requests from a
+thread pool at concurrency 1 and 32; the script prints requests/s, p50 and p99 latency, and the
+ratios a/b and a/c. The client shares the machine's cores with the server.
+
+    python benchmarks/serve_throughput.py [--requests 400] [--size 32]
+"""
+
+import argparse
+import io
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load(url: str, bodies: list[bytes], concurrency: int, n: int) -> dict[str, float]:
+    session_per_thread: dict[int, requests.Session] = {}
+
+    def one(i: int) -> float:
+        import threading
+
+        session = session_per_thread.setdefault(threading.get_ident(), requests.Session())
+        started = time.perf_counter()
+        answer = session.post(f"{url}/predict", data=bodies[i % len(bodies)], timeout=60)
+        assert answer.status_code == 200, answer.text
+        return time.perf_counter() - started
+
+    for i in range(min(20, n)):  # warm-up
+        one(i)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = sorted(pool.map(one, range(n)))
+    wall = time.perf_counter() - started
+    return {
+        "rps": n / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+    }
+
+
+def naive_app(tracking_uri: str, uri: str, size: int):
+    """The baseline: one deployment, per-request torchvision preprocessing, no batching."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+    @serve.ingress(api)
+    class Naive:
+        def __init__(self):
+            import mlflow
+            from torchvision import transforms
+
+            mlflow.set_tracking_uri(tracking_uri)
+            self.model = mlflow.pytorch.load_model(uri)
+            self.transform = transforms.Compose(
+                [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+            )
+
+        @api.post("/predict")
+        async def predict(self, request: Request):
+            from PIL import Image
+
+            image = Image.open(io.BytesIO(await request.body())).convert("RGB")
+            with torch.no_grad():
+                logits, _ = self.model(self.transform(image).unsqueeze(0))
+            p = torch.softmax(logits, 1)[0]
+            return {"label": int(p.argmax()), "score": float(p.max())}
+
+    return Naive.bind()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+
+    from ray import serve
+
+    from data.demo import write_digits
+    from data.prepare import prepare_dataset
+    from lensops import registry
+    from lensops.settings import load_settings, tracking_uri
+    from serving.server import start, stop
+    from training.promotion import promote
+    from training.train import train
+
+    root = Path(tempfile.mkdtemp(prefix="lensops-serve-bench-"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        shutil.copy(REPO / "params.yaml", root / "params.yaml")
+        write_digits(root / "data" / "raw", size=args.size)
+        overrides = [
+            f"train.epochs={args.epochs}",
+            f"train.preprocessing.size={args.size}",
+            "registry.model_name=bench",
+            "registry.experiment=bench",
+        ]
+        settings = load_settings(root / "params.yaml", overrides)
+        prepare_dataset(settings, progress=False)
+        train(settings, progress=False)
+        promote(settings, reason="benchmark", force=True)
+        bodies = [p.read_bytes() for p in sorted((root / "data" / "raw").rglob("*.png"))[:200]]
+        uri = "models:/bench@champion"
+        files = registry.download(settings, uri)
+
+        port = free_port()
+        url, started_ray = start(settings, port=port)
+        _wait(url)
+        results = {}
+        for c in (1, 32):
+            results[("lensops", c)] = load(url, bodies, c, args.requests)
+        serve.delete("lensops")
+        serve.run(
+            naive_app(tracking_uri(settings.root), uri, args.size), name="naive", route_prefix="/", blocking=False
+        )
+        _wait(url, path="/docs")
+        for c in (1, 32):
+            results[("naive", c)] = load(url, bodies, c, args.requests)
+        stop(started_ray)
+
+        network = registry.load_network(files.folder)
+        batch = torch.randn(settings.serve.max_batch_size, 3, args.size, args.size)
+        with torch.no_grad():
+            for _ in range(5):
+                network(batch)
+            started = time.perf_counter()
+            rounds = 50
+            for _ in range(rounds):
+                network(batch)
+        raw_rps = rounds * len(batch) / (time.perf_counter() - started)
+
+        print(f"\n{'':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        for (name, c), r in results.items():
+            print(f"{name + f' c={c}':<22}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}")
+        print(f"{'raw forward b=' + str(len(batch)):<22}{raw_rps:>9.1f}")
+        for c in (1, 32):
+            a, b = results[("lensops", c)]["rps"], results[("naive", c)]["rps"]
+            print(f"concurrency {c}: a/b = {a / b:.2f}   a/c = {a / raw_rps:.3f}")
+        print("aim: a/b at least 2 at concurrency 32 on CPU")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait(url: str, path: str = "/healthz", timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + path, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

@@ -1,0 +1,76 @@
+"""`lensops serve`: the application in the foreground, shut down cleanly on SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from lensops import registry
+from lensops.compute import ensure_ray
+from lensops.settings import Settings
+
+
+class ServeError(ValueError):
+    """The model reference does not resolve; the message lists what exists."""
+
+
+def check_model(settings: Settings, model_ref: str | None) -> str:
+    """The version the ref points at now, or ServeError naming what exists."""
+    import mlflow
+
+    uri = registry.resolve(settings, model_ref or settings.serve.model, alias=registry.CHAMPION)
+    try:
+        return registry.version_of(settings, uri)
+    except (mlflow.exceptions.MlflowException, IndexError):
+        hint = " (promote one with `lensops promote`)" if "@champion" in uri else ""
+        raise ServeError(f"{uri} does not resolve{hint}: {registry.existing_refs(settings)}") from None
+
+
+def start(
+    settings: Settings, model_ref: str | None = None, *, host: str | None = None, port: int | None = None
+) -> tuple[str, bool]:
+    """Start Serve and the application; returns (base URL, whether Ray was started here)."""
+    from ray import serve
+
+    from .app import build_app
+
+    check_model(settings, model_ref)
+    started_ray = ensure_ray()
+    host = host or settings.serve.host
+    port = settings.serve.port if port is None else port
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings, model_ref), name="lensops", route_prefix="/", blocking=False)
+    return f"http://{host}:{port}", started_ray
+
+
+def stop(started_ray: bool) -> None:
+    """Replicas get a graceful shutdown (the production log flushes), then Ray stops if we started it."""
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    if started_ray:
+        ray.shutdown()
+
+
+def run_foreground(
+    settings: Settings,
+    model_ref: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    on_ready=print,
+) -> None:
+    stop_event = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop_event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    url, started_ray = start(settings, model_ref, host=host, port=port)
+    # Starting Ray installs its own SIGTERM handler (it aborts the process): take the signals back.
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop_event.set())
+    try:
+        on_ready(url)
+        stop_event.wait()
+    finally:
+        stop(started_ray)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,111 @@
+"""Untrusted uploads: every bad input gets the right rejection; every awkward valid image decodes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.transforms import eval_transform
+from data.upload import UploadRejected, read_upload
+from lensops.settings import PreprocessingSpec
+from tests.imagefactory import encode, noise_image, png_bomb, truncated
+
+JPEG = encode(noise_image(1, (64, 48)), "JPEG")
+PNG = encode(noise_image(2, (64, 48)), "PNG")
+
+
+def _gif_animation() -> bytes:
+    frames = [noise_image(i, (24, 24)).convert("P") for i in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return out.getvalue()
+
+
+def _exif_rotated() -> bytes:
+    image = noise_image(3, (40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    out = io.BytesIO()
+    image.save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+def _palette_with_transparency() -> bytes:
+    image = noise_image(4, (16, 16)).convert("P")
+    out = io.BytesIO()
+    image.save(out, format="PNG", transparency=0)
+    return out.getvalue()
+
+
+BAD = {
+    "zero bytes": (b"", 422),
+    "text named .jpg": (b"hello, this is not a picture\n" * 10, 415),
+    "truncated JPEG": (truncated(JPEG, 0.4), 422),
+    "truncated PNG": (truncated(PNG, 0.5), 422),
+    "PNG bomb": (png_bomb(), 422),
+    "SVG": (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
+        415,
+    ),
+    "random bytes": (np.random.default_rng(0).bytes(4096), 415),
+    "30 MB body": (b"\xff" * (30 * 2**20), 413),
+    "ICO (not allowed)": (encode(noise_image(5, (16, 16)), "ICO"), 415),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_inputs_are_rejected_with_the_right_status(name):
+    body, status = BAD[name]
+    with pytest.raises(UploadRejected) as rejected:
+        read_upload(body)
+    assert rejected.value.status == status, rejected.value.detail
+    assert rejected.value.detail  # always says what was wrong
+
+
+def test_format_comes_from_the_bytes_and_the_allow_list_is_configurable():
+    assert read_upload(PNG).format == "PNG"
+    with pytest.raises(UploadRejected, match="allowed formats: JPEG") as rejected:
+        read_upload(PNG, allowed_formats=["JPEG"])
+    assert rejected.value.status == 415
+
+
+def test_pixel_limit_counts_every_frame():
+    gif = _gif_animation()  # 3 frames of 24x24 = 1728 pixels
+    assert read_upload(gif, max_pixels=1728).frames == 3
+    with pytest.raises(UploadRejected, match="3 frame"):
+        read_upload(gif, max_pixels=1727)
+
+
+AWKWARD = {
+    "CMYK JPEG": lambda: encode(noise_image(6, (20, 20)).convert("CMYK"), "JPEG"),
+    "16-bit greyscale PNG": lambda: encode(
+        Image.fromarray(np.arange(400, dtype=np.uint16).reshape(20, 20) * 150), "PNG"
+    ),
+    "8-bit greyscale PNG": lambda: encode(noise_image(7, (20, 20)).convert("L"), "PNG"),
+    "RGBA PNG": lambda: encode(noise_image(8, (20, 20)).convert("RGBA"), "PNG"),
+    "palette with transparency": _palette_with_transparency,
+    "animated GIF": _gif_animation,
+    "EXIF-rotated JPEG": _exif_rotated,
+    "1x1 PNG": lambda: encode(noise_image(9, (1, 1)), "PNG"),
+    "WebP": lambda: encode(noise_image(10, (20, 20)), "WEBP"),
+    "BMP": lambda: encode(noise_image(11, (20, 20)), "BMP"),
+    "TIFF": lambda: encode(noise_image(12, (20, 20)), "TIFF"),
+}
+
+
+@pytest.mark.parametrize("name", list(AWKWARD))
+def test_awkward_valid_images_decode_through_the_shared_transform(name):
+    upload = read_upload(AWKWARD[name]())
+    tensor = eval_transform(PreprocessingSpec(size=16))(upload.image)
+    assert tuple(tensor.shape) == (3, 16, 16) and bool(tensor.isfinite().all())
+
+
+def test_exif_orientation_is_applied():
+    from data.transforms import to_rgb
+
+    upload = read_upload(_exif_rotated())
+    assert (upload.width, upload.height) == (40, 20)  # as stored
+    assert to_rgb(upload.image).size == (20, 40)  # as displayed

@@ -1,0 +1,277 @@
+"""The Ray Serve application on 127.0.0.1 with a tiny registered model: the HTTP contract end to end."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from tests.conftest import TINY_TRAINING, project_copy
+from tests.data.test_upload import AWKWARD, BAD
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, digits_project, tmp_path_factory):
+    """A trained, promoted `tiny` model behind the real application; stopped by this fixture."""
+    from ray import serve
+
+    from lensops.settings import load_settings
+    from serving.server import start
+    from training.promotion import promote
+    from training.train import train
+
+    root = project_copy(digits_project, tmp_path_factory.mktemp("serving") / "project")
+    overrides = [*TINY_TRAINING, "serve.alias_poll_seconds=0.5", "monitoring.flush_seconds=0.2"]
+    settings = load_settings(root / "params.yaml", overrides)
+    train(settings, progress=False)
+    promote(settings, reason="serving tests", force=True)
+    url, started_ray = start(settings, port=_free_port())
+    assert not started_ray  # it joined the session's Ray
+    _wait_healthy(url)
+    yield settings, url
+    serve.shutdown()
+
+
+def _wait_healthy(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} never became healthy")
+
+
+def _test_images(settings, n: int = 12):
+    from data.prepare import load_prepared
+    from training.datasets import split_frame
+
+    manifest, _, raw = load_prepared(settings.path(settings.data.prepared))
+    test = split_frame(manifest, "test").head(n)
+    return test, raw
+
+
+def test_answers_match_the_offline_evaluation_path(served):
+    from lensops import registry
+    from training.datasets import load_images
+
+    settings, url = served
+    test, raw = _test_images(settings)
+    files = registry.download(settings, "models:/tiny@champion")
+    network = registry.load_network(files.folder)
+    with torch.no_grad():
+        logits, _ = network(torch.from_numpy(load_images(test, raw, files.spec)))
+    expected = torch.softmax(logits, dim=1).numpy()
+    for row, path in enumerate(test.path):
+        answer = requests.post(
+            f"{url}/predict?top_k=3", data=(raw / path).read_bytes(), headers={"content-type": "image/png"}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"] == {"name": "tiny", "version": files.version} and len(body["request_id"]) == 32
+        top = body["predictions"][0]
+        assert top["label"] == files.classes[int(expected[row].argmax())]
+        assert top["score"] == pytest.approx(float(expected[row].max()), abs=1e-5)
+        assert [p["score"] for p in body["predictions"]] == sorted(
+            (p["score"] for p in body["predictions"]), reverse=True
+        )
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_inputs_get_the_right_4xx_and_the_server_stays_healthy(served, name):
+    _, url = served
+    body, status = BAD[name]
+    answer = requests.post(f"{url}/predict", data=body, headers={"content-type": "image/jpeg"}, timeout=60)
+    assert answer.status_code == status, answer.text
+    assert set(answer.json()) == {"error", "detail"} and answer.json()["detail"]
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("name", list(AWKWARD))
+def test_awkward_valid_images_are_answered(served, name):
+    _, url = served
+    answer = requests.post(
+        f"{url}/predict", data=AWKWARD[name](), headers={"content-type": "application/octet-stream"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_multipart_single_and_batch_with_one_bad_file(served):
+    settings, url = served
+    test, raw = _test_images(settings, 2)
+    good = (raw / test.path.iloc[0]).read_bytes()
+    single = requests.post(f"{url}/predict", files={"file": ("a.png", good, "image/png")}, timeout=30)
+    assert single.status_code == 200
+    files = [
+        ("file", ("a.png", good, "image/png")),
+        ("file", ("b.jpg", b"not an image", "image/jpeg")),
+        ("file", ("c.png", (raw / test.path.iloc[1]).read_bytes(), "image/png")),
+    ]
+    batch = requests.post(f"{url}/predict/batch", files=files, timeout=30)
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["status"] for r in results] == [200, 415, 200] and results[1]["error"] == "unsupported_format"
+
+
+def test_parameters_model_route_and_metrics(served):
+    settings, url = served
+    test, raw = _test_images(settings, 1)
+    image = (raw / test.path.iloc[0]).read_bytes()
+    assert len(requests.post(f"{url}/predict?top_k=1", data=image, timeout=30).json()["predictions"]) == 1
+    bad = requests.post(f"{url}/predict?top_k=0", data=image, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_parameter" and "top_k" in bad.json()["detail"]
+    info = requests.get(f"{url}/model", timeout=10).json()
+    assert info["classes"] == ["0", "1", "7"] and info["preprocessing"]["size"] == 16
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    assert (
+        'lensops_requests_total{route="/predict",status="200"}' in metrics
+        and "lensops_request_seconds_bucket" in metrics
+    )
+    assert "lensops_model_batch_size_count" in metrics and 'lensops_model_version{name="tiny"}' in metrics
+    assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+
+
+def test_production_log_has_one_record_per_successful_answer(served):
+    from lensops.production_log import read_log
+
+    settings, url = served
+    folder = settings.path(settings.monitoring.log_dir)
+    time.sleep(0.6)  # let earlier tests' records land
+    before = len(read_log(folder))
+    test, raw = _test_images(settings, 5)
+    ok = sum(
+        requests.post(f"{url}/predict", data=(raw / p).read_bytes(), timeout=30).status_code == 200 for p in test.path
+    )
+    requests.post(f"{url}/predict", data=b"", timeout=30)  # a 422 logs nothing
+    deadline = time.monotonic() + 10
+    while len(read_log(folder)) < before + ok and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    frame = read_log(folder)
+    assert ok == 5 and len(frame) == before + ok
+    last = frame.tail(ok)
+    assert set(last.model_version) == {"1"} and len(last.embedding.iloc[0]) == 128
+    assert (last.width == 16).all() and last.brightness.between(0, 255).all()
+
+
+def test_following_the_champion_alias_switches_versions_without_failed_requests(served):
+    """Promote a new version while requests flow: every answer is 200 and the version changes."""
+    import threading
+
+    from training.promotion import promote
+    from training.train import train
+
+    settings, url = served
+    test, raw = _test_images(settings, 1)
+    image = (raw / test.path.iloc[0]).read_bytes()
+    version = train(settings.updated({"train.seed": 5}), progress=False).model_version
+    seen, statuses, stop = [], [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            answer = requests.post(f"{url}/predict", data=image, timeout=30)
+            statuses.append(answer.status_code)
+            if answer.status_code == 200:
+                seen.append(answer.json()["model"]["version"])
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(1)
+        promote(settings, version, reason="switch test", force=True)
+        deadline = time.monotonic() + 30
+        while (not seen or seen[-1] != version) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert set(statuses) == {200}
+    assert seen[0] == "1" and seen[-1] == version
+
+
+def test_api_key_guards_every_route_but_healthz(served, monkeypatch):
+    from ray import serve
+
+    from serving.app import build_app
+
+    settings, url = served
+    serve.run(build_app(settings, api_key="s3cret"), name="lensops", route_prefix="/", blocking=False)
+    try:
+        _wait_healthy(url)
+        image = io.BytesIO()
+        from PIL import Image
+
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image, format="PNG")
+        deadline = time.monotonic() + 30
+        while (
+            requests.post(f"{url}/predict", data=image.getvalue(), timeout=30).status_code != 401
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.3)  # the old ingress drains first
+        assert requests.post(f"{url}/predict", data=image.getvalue(), timeout=30).json()["error"] == "unauthorised"
+        assert requests.get(f"{url}/model", timeout=10).status_code == 401
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        keyed = requests.post(f"{url}/predict", data=image.getvalue(), headers={"x-api-key": "s3cret"}, timeout=30)
+        assert keyed.status_code == 200
+    finally:
+        serve.run(build_app(settings, api_key=""), name="lensops", route_prefix="/", blocking=False)
+
+
+def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
+    """With one request in flight and one queued, a burst is turned away at once, not left to time out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serving.app import build_app
+
+    settings, url = served
+    test, raw = _test_images(settings, 1)
+    image = (raw / test.path.iloc[0]).read_bytes()
+    tight = settings.updated(
+        {"serve.max_ongoing_requests": 1, "serve.max_queued_requests": 1, "serve.batch_wait_ms": 300}
+    )
+    serve.run(build_app(tight), name="lensops", route_prefix="/", blocking=False)
+    try:
+        _wait_healthy(url)
+
+        def call(_):
+            started = time.perf_counter()
+            status = requests.post(f"{url}/predict", data=image, timeout=60).status_code
+            return status, time.perf_counter() - started
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(call, range(32)))
+        rejected = [seconds for status, seconds in results if status == 503]
+        assert {status for status, _ in results} <= {200, 503}
+        assert rejected and any(status == 200 for status, _ in results)
+        assert max(rejected) < 5  # turned away at once
+
+        slow = settings.updated(
+            {"serve.request_timeout_s": 0.05, "serve.batch_wait_ms": 500, "serve.max_batch_size": 64}
+        )
+        serve.run(build_app(slow), name="lensops", route_prefix="/", blocking=False)
+        _wait_healthy(url)
+        deadline = time.monotonic() + 30
+        answer = requests.post(f"{url}/predict", data=image, timeout=30)
+        while answer.status_code != 408 and time.monotonic() < deadline:  # until the new ingress answers
+            answer = requests.post(f"{url}/predict", data=image, timeout=30)
+        assert answer.status_code == 408 and answer.json()["error"] == "timeout"
+    finally:
+        serve.run(build_app(settings), name="lensops", route_prefix="/", blocking=False)
+        _wait_healthy(url)
