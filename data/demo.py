@@ -32,3 +32,56 @@ def write_digits(out: Path, *, size: int = 32) -> dict[str, int]:
         image.save(folder / f"digit_{index:04d}.png", optimize=False)
         counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# --- demo traffic: the held-out images as production would send them, optionally shifted -------
+
+SHIFTED_PREFIX = "shifted_"
+
+
+def shift_transform(seed: int):
+    """The demo's distribution shift: a new scanner that blurs, darkens, flattens and tilts the digits."""
+    import albumentations as A
+
+    transform = A.Compose(
+        [
+            A.Affine(rotate=(-30, 30), scale=(0.8, 0.95), p=1.0),
+            A.GaussianBlur(blur_limit=(3, 5), p=1.0),
+            A.RandomBrightnessContrast(brightness_limit=(-0.35, -0.2), contrast_limit=(-0.5, -0.3), p=1.0),
+            A.GaussNoise(std_range=(0.04, 0.08), p=1.0),
+        ],
+        seed=seed,
+    )
+    return transform
+
+
+def write_traffic(
+    prepared: Path, out: Path, *, splits: tuple[str, ...] = ("test",), shift: bool = False, seed: int = 0
+) -> dict[str, int]:
+    """Write the images of `splits` of a prepared dataset as `out/<label>/<name>.png`; returns images per class.
+
+    With `shift`, each image goes through `shift_transform(seed)` and is named with the
+    `shifted_` prefix, so the files can be added to `data/raw` next to their clean originals.
+    Deterministic for a given seed.
+    """
+    from .prepare import load_prepared
+    from .transforms import decode, to_rgb
+
+    manifest, _, raw = load_prepared(prepared)
+    unknown = sorted(set(splits) - set(manifest["split"]))
+    if unknown:
+        raise ValueError(f"no split named {', '.join(unknown)} in {prepared}; have {sorted(set(manifest['split']))}")
+    rows = manifest[manifest["split"].isin(splits)].sort_values("path")
+    transform = shift_transform(seed) if shift else None
+    counts: dict[str, int] = {}
+    for path, label in zip(rows["path"], rows["label"], strict=True):
+        image = to_rgb(decode((raw / path).read_bytes()))
+        name = Path(path).stem
+        if transform is not None:
+            image = Image.fromarray(transform(image=np.asarray(image))["image"])
+            name = SHIFTED_PREFIX + name
+        folder = out / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        image.convert("L").save(folder / f"{name}.png")
+        counts[str(label)] = counts.get(str(label), 0) + 1
+    return dict(sorted(counts.items()))

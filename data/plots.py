@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,8 @@ import pandas as pd
 def _figure(n_classes: int):
     import matplotlib
 
-    matplotlib.use("Agg")  # files only; never needs a display
+    if "matplotlib.pyplot" not in sys.modules:  # files only; a notebook keeps its own backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     width = min(16.0, max(5.0, 0.45 * n_classes + 2))

@@ -26,7 +26,15 @@ from PIL import Image, ImageOps
 
 from lensops.settings import PreprocessingSpec
 
-__all__ = ["PreprocessingSpec", "build_augmentation", "decode", "eval_transform", "to_rgb", "train_transform"]
+__all__ = [
+    "PreprocessingSpec",
+    "build_augmentation",
+    "decode",
+    "eval_transform",
+    "image_stats",
+    "to_rgb",
+    "train_transform",
+]
 
 _PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -87,6 +95,21 @@ def eval_transform(spec: PreprocessingSpec) -> Callable[[Image.Image], torch.Ten
         return torch.from_numpy(normalize(pixels, spec))
 
     return transform
+
+
+def image_stats(rgb: Image.Image) -> dict[str, float]:
+    """What the production log records of an image and monitoring compares: size, mean and spread of grey.
+
+    Computed on the upright RGB image (after `to_rgb`), before any resize, the same way for the
+    training baseline and for production.
+    """
+    grey = np.asarray(rgb.convert("L"), dtype=np.float64)
+    return {
+        "width": rgb.width,
+        "height": rgb.height,
+        "brightness": float(grey.mean()),
+        "contrast": float(grey.std()),
+    }
 
 
 def decode(data: bytes) -> Image.Image:

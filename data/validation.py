@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -124,7 +125,8 @@ def load_suite_library() -> None:
     import great_expectations.expectations  # noqa: F401
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # files only; a notebook keeps its own backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot
 
 

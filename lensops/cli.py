@@ -81,6 +81,29 @@ def data_demo(
     out.print(f"wrote {sum(counts.values())} digits ({settings.demo.size}x{settings.demo.size} PNG) to {target}")
 
 
+@data_app.command("traffic")
+def data_traffic(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write <label>/<image>.png.")],
+    split: Annotated[list[str] | None, typer.Option(help="Split(s) of data/prepared to take (default test).")] = None,
+    shift: Annotated[bool, typer.Option(help="Apply the demo's distribution shift (blur, dark, tilt, noise).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the shift.")] = 0,
+    overrides: Overrides = None,
+) -> None:
+    """Write the images of a prepared split as production traffic, optionally shifted (for demos and tests)."""
+    from data.demo import write_traffic
+
+    settings = settings_for(ctx, overrides)
+    try:
+        counts = write_traffic(
+            settings.path(settings.data.prepared), out_dir, splits=tuple(split or ["test"]), shift=shift, seed=seed
+        )
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    kind = f"shifted (seed {seed})" if shift else "clean"
+    out.print(f"wrote {sum(counts.values())} {kind} images of {', '.join(split or ['test'])} to {out_dir}")
+
+
 @data_app.command("validate")
 def data_validate(
     ctx: typer.Context,
@@ -341,6 +364,102 @@ def models_command(
     for row in frame.itertuples(index=False):
         table.add_row(*("" if v is None or v != v else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     out.print(table)
+
+
+def _print_drift(result) -> None:
+    table = Table(title=f"drift of {result.model['name']} v{result.model['version']}", title_justify="left")
+    for column in ("check", "method", "score", "threshold", "drift"):
+        table.add_column(column)
+    score = "" if result.score is None else f"{result.score:.4f}"
+    flag = {"drift": "[red]yes[/]", "no_drift": "[green]no[/]"}.get(result.verdict, "[yellow]too few[/]")
+    table.add_row("embeddings", result.method, score, f"{result.threshold:g}", flag)
+    for name, check in result.details.items():
+        if isinstance(check, dict) and "drift" in check:
+            mark = "[red]yes[/]" if check["drift"] else "[green]no[/]"
+            table.add_row(name, check["method"], f"{check['score']:.4g}", f"{check['threshold']:g}", mark)
+    out.print(table)
+    out.print(
+        f"{result.n_current} production records against {result.n_reference} baseline; "
+        f"verdict [bold]{result.verdict}[/] in {result.seconds_to_verdict:.2f} s"
+        + (f". Report: {result.report_html}" if result.report_html else "")
+    )
+    if result.verdict == "too_few_records":
+        out.print(result.details.get("reason", ""))
+
+
+@app.command("drift")
+def drift_command(
+    ctx: typer.Context,
+    last: Annotated[int | None, typer.Option(help="Only the last N production records.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only records since this time (ISO 8601).")] = None,
+    model: Annotated[str | None, typer.Option(help="Version, alias or models:/ URI (default @champion).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="Where drift.json and drift.html go.")] = None,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Run the retraining pipeline when drift is found.")
+    ] = False,
+    html: Annotated[bool, typer.Option(help="Render the HTML report after the verdict.")] = True,
+    overrides: Overrides = None,
+) -> None:
+    """Production embeddings against the served version's baseline (Evidently).
+
+    Exit 0 no drift, 4 drift, 5 too few records to judge, 2 a usage error.
+    With --retrain and drift: the retraining's outcome is printed; exit 1 if its pipeline failed.
+    """
+    from monitoring.drift import DriftError, run_drift
+
+    settings = settings_for(ctx, overrides)
+    if last is not None and since is not None:
+        fail("give --last or --since, not both")
+    try:
+        result = run_drift(settings, model=model, last=last, since=since, report_dir=report_dir, html=html)
+    except DriftError as e:
+        fail(str(e))
+    _print_drift(result)
+    if retrain and result.verdict == "drift":
+        outcome = _retrain(
+            settings, reason=f"drift run {result.run_id}: score {result.score:.3f}", drift_run_id=result.run_id
+        )
+        if outcome.outcome == "failed":
+            raise typer.Exit(1)
+    raise typer.Exit(result.exit_code)
+
+
+def _retrain(settings: Settings, *, reason: str, drift_run_id: str | None = None, force: bool = False):
+    from monitoring.retrain import retrain
+    from training.promotion import promote
+
+    def promote_version(version: str, why: str) -> None:
+        promote(settings, version, reason=why)
+
+    result = retrain(
+        settings, reason=reason, drift_run_id=drift_run_id, force=force, promote=promote_version, echo=out.print
+    )
+    colour = {"promoted": "green", "trained": "green", "failed": "red"}.get(result.outcome, "yellow")
+    out.print(f"retrain: [bold {colour}]{result.outcome}[/]: {escape(result.reason)}")
+    if result.run_id:
+        out.print(
+            f"MLflow retrain run {result.run_id}"
+            + (f", training run {result.training_run_id}" if result.training_run_id else "")
+        )
+    return result
+
+
+@app.command("retrain")
+def retrain_command(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option(help="Why; recorded on the retrain run.")] = "requested",
+    drift_run: Annotated[str | None, typer.Option(help="The MLflow drift run that triggered this.")] = None,
+    force: Annotated[bool, typer.Option(help="Ignore the cooldown (never the lock).")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Run the retraining pipeline (retrain.command, default `dvc repro`), then promote if the review passed.
+
+    Exit 0 promoted (or trained with promotion off), 3 held or nothing new, 6 skipped (another
+    retraining runs, or cooling down), 1 the pipeline failed.
+    """
+    settings = settings_for(ctx, overrides)
+    result = _retrain(settings, reason=reason, drift_run_id=drift_run, force=force)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("serve")

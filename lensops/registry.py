@@ -26,6 +26,8 @@ from lensops.settings import PreprocessingSpec, Settings, tracking_uri
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 MODEL_ARTIFACT = "model"
+# Set by `lensops retrain` for the pipeline it starts: the training run tags itself with it.
+TRIGGER_ENV = "LENSOPS_TRIGGER_RUN_ID"
 EXTRA = ("preprocessing.json", "classes.json", "metrics.json", "baseline_embeddings.parquet")
 
 
@@ -44,8 +46,10 @@ def experiment_id(settings: Settings) -> str:
     existing = mlflow_client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
+    # A local store keeps artifacts in the project, wherever the command runs from (MLflow's
+    # default would be ./mlruns of the current directory). A server decides its own store.
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:  # a server decides its own artifact store
+    if tracking_uri(settings.root).split(":", 1)[0] in ("sqlite", "file"):
         location = (settings.root / "mlruns" / "artifacts").resolve().as_uri()
     return mlflow_client.create_experiment(name, artifact_location=location)
 
@@ -82,9 +86,18 @@ def log_epoch(run_id: str, metrics: dict[str, Any], *, synchronous: bool = False
 
 
 def baseline_frame(
-    embeddings: np.ndarray, predicted: np.ndarray, labels: np.ndarray, paths, classes: list[str]
+    embeddings: np.ndarray,
+    predicted: np.ndarray,
+    labels: np.ndarray,
+    paths,
+    classes: list[str],
+    stats: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The validation set's embeddings and predictions: what monitoring compares production to."""
+    """The validation set's embeddings, predictions and image stats: what monitoring compares production to.
+
+    `stats` holds the production log's image columns (width, height, brightness, contrast),
+    one row per image, computed as serving computes them.
+    """
     frame = pd.DataFrame(
         {
             "path": list(paths),
@@ -93,6 +106,9 @@ def baseline_frame(
         }
     )
     frame["embedding"] = list(embeddings.astype(np.float32))
+    if stats is not None:
+        for column in ("width", "height", "brightness", "contrast"):
+            frame[column] = stats[column].to_numpy()
     return frame
 
 

@@ -193,6 +193,37 @@ class MonitoringSettings(Section):
     flush_records: int = Field(512, ge=1)
 
 
+class DriftSettings(Section):
+    report_dir: Path = Path("reports/drift")
+    method: Literal["model", "mmd", "ratio", "distance"] = Field(
+        "model", description="Evidently's embeddings drift method"
+    )
+    threshold: float = Field(
+        0.7, gt=0, description="model: ROC AUC; mmd: MMD^2; ratio: share of drifted components; distance"
+    )
+    bootstrap: bool = Field(False, description="compare against a bootstrap quantile instead of the threshold")
+    pca_components: int | None = Field(
+        32, ge=1, description="PCA of the embeddings (fitted on the baseline) before the test; null for none"
+    )
+    min_records: int = Field(100, ge=2, description="fewer production records than this: too few to judge")
+    column_threshold: float = Field(0.05, gt=0, lt=1, description="p-value for the label and image-stat tests")
+    report_sample: int = Field(500, ge=10, description="rows per side drawn for the HTML report's projection")
+    experiment: str = Field("monitoring", min_length=1, description="MLflow experiment of drift and retrain runs")
+    seed: int = 0
+
+
+class RetrainSettings(Section):
+    command: list[str] = Field(default_factory=lambda: ["dvc", "repro"], min_length=1)
+    promote: bool = Field(True, description="promote the new version when its review passes")
+    cooldown_seconds: float = Field(3600.0, ge=0, description="minimum time between two triggered retrainings")
+    lock_file: Path = Path("reports/retrain/retrain.lock")
+    state_file: Path = Path("reports/retrain/last_trigger.json")
+    stale_lock_seconds: float = Field(
+        6 * 3600.0, gt=0, description="a lock older than this, or whose process is gone, is taken over"
+    )
+    timeout_seconds: float | None = Field(None, gt=0, description="stop the command after this long")
+
+
 class Settings(Section):
     data: DataSettings = Field(default_factory=DataSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
@@ -204,6 +235,8 @@ class Settings(Section):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

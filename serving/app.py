@@ -165,7 +165,7 @@ class Preprocess:
         self._transforms: dict[str, Any] = {}
 
     def __call__(self, body: bytes, spec: dict[str, Any]) -> dict[str, Any]:
-        from data.transforms import eval_transform, to_rgb
+        from data.transforms import eval_transform, image_stats, to_rgb
         from data.upload import UploadRejected, read_upload
 
         try:
@@ -179,15 +179,7 @@ class Preprocess:
         key = spec_key(parsed)
         if key not in self._transforms:
             self._transforms[key] = eval_transform(parsed)
-        grey = np.asarray(rgb.convert("L"), dtype=np.float64)
-        return {
-            "tensor": self._transforms[key](rgb).numpy(),
-            "key": key,
-            "width": upload.width,
-            "height": upload.height,
-            "brightness": float(grey.mean()),
-            "contrast": float(grey.std()),
-        }
+        return {"tensor": self._transforms[key](rgb).numpy(), "key": key, **image_stats(rgb)}
 
 
 # --- ingress ----------------------------------------------------------------------------------

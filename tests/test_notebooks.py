@@ -20,3 +20,4 @@ def test_notebook_runs(path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the charts rendered
+    assert not (path.parent / "mlruns").exists()  # the walkthrough's runs stay in its scratch project

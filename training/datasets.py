@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.transforms import PreprocessingSpec, build_augmentation, decode, eval_transform, train_transform
+from data.transforms import (
+    PreprocessingSpec,
+    build_augmentation,
+    decode,
+    eval_transform,
+    image_stats,
+    to_rgb,
+    train_transform,
+)
 
 
 class DecodeBatch:
@@ -88,6 +96,12 @@ def _decode_batch(
     batch: pd.DataFrame, *, raw: str, spec: dict[str, Any], augment: list | None
 ) -> dict[str, np.ndarray]:
     return DecodeBatch(raw, spec, augment)(batch)
+
+
+def stats_of(frame: pd.DataFrame, raw: Path) -> pd.DataFrame:
+    """The production log's image stats (width, height, brightness, contrast) of manifest rows."""
+    rows = [image_stats(to_rgb(decode((Path(raw) / path).read_bytes()))) for path in frame["path"]]
+    return pd.DataFrame(rows, columns=["width", "height", "brightness", "contrast"])
 
 
 def load_images(frame: pd.DataFrame, raw: Path, spec: PreprocessingSpec) -> np.ndarray:

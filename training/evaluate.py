@@ -6,6 +6,7 @@ Review uses the same functions to compare two models, so both are judged identic
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def confusion(pred: Predictions, classes: list[str]) -> np.ndarray:
 def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # files only; a notebook keeps its own backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -15,6 +16,7 @@ from PIL import Image
 from data.plots import plot_augmentations
 from data.transforms import augmentation_samples
 from lensops import registry
+from lensops.registry import TRIGGER_ENV
 from lensops.settings import Settings
 
 from .lineage import params_hash
@@ -42,6 +44,9 @@ def start_training_run(settings: Settings, *, resume: str | None = None, parent_
             )
         return mlflow.start_run(run_id=run.info.run_id)
     tags = {"lensops.stage": "train", "lensops.actor": registry.who()}
+    trigger = os.environ.get(TRIGGER_ENV)
+    if trigger:  # started by `lensops retrain`: link back to the retrain run (copied onto the version too)
+        tags["lensops.trigger_run_id"] = trigger
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     name = f"{settings.train.model}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -28,7 +28,7 @@ from lensops.compute import cluster_cpus, cluster_gpus, ensure_ray
 from lensops.settings import Settings
 
 from . import tracking
-from .datasets import frame_rows, make_dataset, split_frame
+from .datasets import frame_rows, make_dataset, split_frame, stats_of
 from .evaluate import (
     classification_metrics,
     confusion,
@@ -314,7 +314,9 @@ def train(
         for png in artifacts[:2]:  # also under reports/train/ for people and `dvc plots`
             (settings.path("reports") / "train").mkdir(parents=True, exist_ok=True)
             (settings.path("reports") / "train" / png.name).write_bytes(png.read_bytes())
-        baseline = registry.baseline_frame(val.embeddings, val.predicted, val.labels, val_frame["path"], classes)
+        baseline = registry.baseline_frame(
+            val.embeddings, val.predicted, val.labels, val_frame["path"], classes, stats=stats_of(val_frame, raw)
+        )
         tracking.log_run_results(run_id, test_metrics, val_metrics, artifacts, train_seconds, history_frame)
         version = registry.register_model(
             settings,

@@ -10,6 +10,7 @@ metrics and a table of all trials. Tuning registers nothing: train the winner wi
 from __future__ import annotations
 
 import difflib
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -290,7 +291,8 @@ def _plot_trials(grid, path: Path) -> Path:
     """Validation accuracy per epoch for every trial: where ASHA cut each one off."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # files only; a notebook keeps its own backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)

@@ -95,8 +95,14 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     (root / "lensops").mkdir()
     shutil.copy(REPO / "lensops" / "registry.py", root / "lensops" / "registry.py")
     # Training shrunk to seconds; `make demo` itself runs the full 15 epochs.
-    params = (root / "params.yaml").read_text().replace("epochs: 15", "epochs: 1").replace("size: 32", "size: 16")
-    params = params.replace("min_accuracy: 0.9", "min_accuracy: 0.0")  # one epoch is not meant to be good
+    params = (root / "params.yaml").read_text().replace("epochs: 15", "epochs: 2").replace("size: 32", "size: 16")
+    for gate in (
+        "min_accuracy: 0.9",
+        "max_accuracy_drop: 0.01",
+        "max_class_recall_drop: 0.05",
+        "max_latency_ratio: 1.5",
+    ):
+        params = params.replace(gate, gate.split(":")[0] + ": null")  # two epochs are not meant to be good
     (root / "params.yaml").write_text(params)
     sh(root, "git", "init", "-q")
     env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -108,25 +114,52 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
 
     summary = json.loads((root / "reports" / "demo_summary.json").read_text())
     assert summary["ok"] and all(step["ok"] for step in summary["steps"])
-    assert 0 <= summary["test_accuracy"] <= 1 and (root / "metrics" / "eval.json").is_file()
-    assert (root / "mlruns" / "mlflow.db").is_file()  # the run and the registered version live in the project
-    assert summary["review_verdict"] == "promote" and summary["reviewed_version"] == "1"
-    models = json.loads(sh(root, "lensops", "models", "--json").stdout)
-    assert models[0]["version"] == 1 and "champion" in models[0]["aliases"].split(",")
+    assert 0 <= summary["first_model"]["accuracy"] <= 1 and (root / "metrics" / "eval.json").is_file()
+    assert (root / "mlruns" / "mlflow.db").is_file()  # the runs and the registered versions live in the project
     served = summary["served"]
-    assert served["exit_code"] == 0 and len(served["answers"]) == 10  # one image per digit, then SIGINT
+    assert served["exit_code"] == 0 and len(served["answers"]) == 10  # one image per digit, stopped with SIGINT
     assert {a["version"] for a in served["answers"]} == {"1"}
+
+    # The closed loop: no drift on clean traffic, drift on shifted, retrained on the new data, promoted.
+    assert summary["drift_clean"]["drift"] is False and summary["drift_clean"]["model_version"] == "1"
+    assert summary["drift_shifted"]["drift"] is True and summary["drift_shifted"]["score"] > 0.7
+    assert summary["retrained"] is True and summary["promoted_version"] == "2"
+    assert summary["reviewed_version"] == "2" and summary["review_verdict"] == "promote"
+    traffic = summary["traffic"]
+    assert traffic["shifted:shifted_holdout"]["versions"] == ["1"] and traffic["after:shifted_holdout"]["versions"] == [
+        "2"
+    ]
+    assert 0 <= summary["accuracy_on_shifted_before"] <= 1 and 0 <= summary["accuracy_on_shifted_after"] <= 1
+    assert summary["drift_after"]["model_version"] == "2"
+    models = {m["version"]: m for m in json.loads(sh(root, "lensops", "models", "--json").stdout)}
+    assert "champion" in models[2]["aliases"].split(",") and "previous" in models[1]["aliases"].split(",")
+    n_images = json.loads((root / "metrics" / "data.json").read_text())["n_images"]
+    assert summary["added_images"] > 1000 and n_images == 1797 + summary["added_images"]
+
+    # MLflow links the trigger: drift run -> retrain run -> training run -> version 2.
+    import mlflow
+
+    retrain = summary["retrain"]
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    retrain_run = client.get_run(retrain["run_id"])
+    assert retrain_run.data.tags["lensops.trigger.drift_run_id"] == summary["drift_shifted"]["run_id"]
+    assert retrain_run.data.tags["lensops.training_run_id"] == retrain["training_run_id"]
+    assert client.get_run(summary["drift_shifted"]["run_id"]).data.tags["lensops.retrain_run_id"] == retrain["run_id"]
+    assert client.get_run(retrain["training_run_id"]).data.tags["lensops.trigger_run_id"] == retrain["run_id"]
+    assert client.get_model_version("digits", "2").tags["lensops.trigger_run_id"] == retrain["run_id"]
 
     # SIGTERM stops `lensops serve` cleanly too, and no production-log record is lost on the way.
     from lensops.demo import serve_check
     from lensops.production_log import read_log
 
+    logged = len(read_log(root / "reports" / "production_log"))
+    assert logged == 10 + sum(t["requests"] for t in traffic.values())
     again = serve_check(root, stop_signal=signal.SIGTERM)
     assert again["exit_code"] == 0 and len(again["answers"]) == 10
-    assert len(read_log(root / "reports" / "production_log")) == 20
+    assert {a["version"] for a in again["answers"]} == {"2"}
+    assert len(read_log(root / "reports" / "production_log")) == logged + 10
     plots = json.loads(sh(root, "dvc", "plots", "show", "--json").stdout)["data"]
     assert {"loss", "accuracy", "metrics/confusion.csv", "reports/train/learning_curves.png"} <= set(plots)
     assert (root / "data" / "raw.dvc").is_file()
-    assert json.loads((root / "metrics" / "data.json").read_text())["n_images"] == 1797
     assert any((root / ".dvc-storage").rglob("*"))  # pushed to the local remote
     assert "Running stage" not in sh(root, "dvc", "repro").stdout

@@ -1,0 +1,210 @@
+"""Drift on a real registered model's production log, and the retraining trigger's lock and cooldown.
+
+The production log is written by `monitoring.replay` in the real format from the real
+network's answers, computed in process through the shared preprocessing: the same numbers
+serving logs (tests/integration/test_serving.py proves serving answers as this path does).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_TRAINING, project_copy
+
+pytestmark = pytest.mark.slow
+
+# The tiny dataset's test split has about 80 images; judge from 40 records on.
+SMALL = [*TINY_TRAINING, "drift.min_records=40", "drift.report_sample=60"]
+
+
+@pytest.fixture(scope="module")
+def monitored(ray_session, digits_project, tmp_path_factory):
+    """A trained, promoted `tiny` model and its held-out images, clean and shifted."""
+    from data.demo import write_traffic
+    from lensops.settings import load_settings
+    from training.promotion import promote
+    from training.train import train
+
+    root = project_copy(digits_project, tmp_path_factory.mktemp("drift") / "project")
+    settings = load_settings(root / "params.yaml", SMALL)
+    train(settings, progress=False)
+    promote(settings, reason="drift tests", force=True)
+    prepared = settings.path(settings.data.prepared)
+    write_traffic(prepared, root / "traffic" / "clean", splits=("test",))
+    write_traffic(prepared, root / "traffic" / "shifted", splits=("test",), shift=True, seed=1)
+    return settings
+
+
+def write_log(settings, images: list[Path], log_dir: Path) -> float:
+    """Answer images with the champion as serving does, append them to a production log; returns accuracy."""
+    from monitoring.replay import replay
+
+    answers = replay(settings, images, log_dir)
+    assert len(answers) == len(images) and set(answers.version) == {"1"}
+    return float((answers.label == answers.predicted).mean())
+
+
+def images_of(root: Path, kind: str) -> list[Path]:
+    return sorted((root / "traffic" / kind).glob("*/*.png"))
+
+
+def test_clean_held_out_traffic_is_not_drift_over_seeds(monitored, tmp_path):
+    from monitoring.drift import run_drift
+
+    settings = monitored
+    clean = images_of(settings.root, "clean")
+    assert len(clean) >= 60
+    for seed in range(4):  # other draws of held-out images, and another seed for the test itself
+        picked = list(np.random.default_rng(seed).choice(clean, size=len(clean), replace=True))
+        log_dir = tmp_path / f"log{seed}"
+        write_log(settings, picked, log_dir)
+        seeded = settings.updated({"monitoring.log_dir": str(log_dir), "drift.seed": seed})
+        result = run_drift(seeded, report_dir=tmp_path / f"report{seed}", html=False, track=False)
+        assert result.verdict == "no_drift", (seed, result.score)
+        assert result.score < settings.drift.threshold and result.n_current == len(clean)
+        assert {"predicted_label", "brightness", "contrast", "width", "height"} <= set(result.details)
+
+
+def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, cli, monkeypatch):
+    import mlflow
+
+    settings = monitored
+    monkeypatch.chdir(settings.root)
+    accuracy = write_log(settings, images_of(settings.root, "shifted"), settings.path("reports/production_log"))
+    result = cli("drift", *[a for o in SMALL for a in ("-S", o)])
+    assert result.exit_code == 4, result.output
+    assert "drift" in result.output and "embeddings" in result.output
+
+    report = json.loads((settings.root / "reports" / "drift" / "drift.json").read_text())
+    assert report["drift"] is True and report["verdict"] == "drift" and report["method"] == "model"
+    assert report["score"] > report["threshold"] == 0.7
+    assert report["n_reference"] > 0 and report["n_current"] == len(images_of(settings.root, "shifted"))
+    assert report["details"]["brightness"]["drift"] and report["details"]["contrast"]["drift"]
+    assert set(report["details"]["label_share"]["reference"]) <= {"0", "1", "7"}
+    assert report["model"]["version"] == "1" and accuracy < 1.0
+    html = (settings.root / "reports" / "drift" / "drift.html").read_text()
+    assert len(html) > 10_000 and "embedding" in html  # Evidently's report, self-contained
+
+    run = mlflow.MlflowClient().get_run(report["run_id"])
+    assert run.data.tags["lensops.model_version"] == "1" and run.data.tags["lensops.stage"] == "drift"
+    assert run.data.metrics["score"] == pytest.approx(report["score"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(report["run_id"])}
+    assert {"drift.json", "drift.html"} <= artifacts
+
+    # --retrain: drift found, so the retraining pipeline runs, linked both ways in MLflow.
+    command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
+    again = cli(
+        "drift", "--retrain", "--no-html", "-S", f"retrain.command={command}", *[a for o in SMALL for a in ("-S", o)]
+    )
+    assert again.exit_code == 4 and "retrain: no_new_version" in again.output, again.output
+    drift_run_id = json.loads((settings.root / "reports" / "drift" / "drift.json").read_text())["run_id"]
+    retrain_run_id = mlflow.MlflowClient().get_run(drift_run_id).data.tags["lensops.retrain_run_id"]
+    retrain_run = mlflow.MlflowClient().get_run(retrain_run_id)
+    assert retrain_run.data.tags["lensops.trigger.drift_run_id"] == drift_run_id
+    assert retrain_run.data.tags["lensops.retrain.outcome"] == "no_new_version"
+
+
+def test_too_few_records_is_no_verdict(monitored, cli, tmp_path, monkeypatch):
+    settings = monitored
+    monkeypatch.chdir(settings.root)
+    log_dir = tmp_path / "ten"
+    write_log(settings, images_of(settings.root, "shifted")[:10], log_dir)  # ten very shifted requests
+    args = [a for o in [*SMALL, f"monitoring.log_dir={log_dir}"] for a in ("-S", o)]
+    result = cli("drift", "--report-dir", str(tmp_path / "r"), *args)
+    assert result.exit_code == 5, result.output
+    report = json.loads((tmp_path / "r" / "drift.json").read_text())
+    assert report["verdict"] == "too_few_records" and report["drift"] is False and report["n_current"] == 10
+    assert "need 40" in report["details"]["reason"] and not (tmp_path / "r" / "drift.html").exists()
+    # --last and --since narrow the window the same way
+    assert cli("drift", "--last", "5", "--report-dir", str(tmp_path / "r"), *args).exit_code == 5
+
+
+def test_bad_drift_arguments_are_usage_errors(monitored, cli, monkeypatch):
+    monkeypatch.chdir(monitored.root)
+    args = [a for o in SMALL for a in ("-S", o)]
+    unknown = cli("drift", "--model", "42", *args)
+    assert unknown.exit_code == 2 and "has versions 1" in unknown.output
+    assert cli("drift", "--since", "yesterday-ish", *args).exit_code == 2
+    assert cli("drift", "--last", "0", *args).exit_code == 2
+    assert cli("drift", "--last", "5", "--since", "2026-01-01", *args).exit_code == 2
+    assert cli("drift", "-S", "drift.method=psi", *args).exit_code == 2  # not an embeddings method
+
+
+# --- the retraining trigger: lock, cooldown, outcome ------------------------------------------
+
+
+def _settings(project: Path, *overrides: str):
+    from lensops.settings import load_settings
+
+    command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
+    return load_settings(project / "params.yaml", [f"retrain.command={command}", *overrides])
+
+
+def test_a_held_lock_skips_and_a_stale_one_is_taken_over(project):
+    from monitoring.retrain import RetrainLock, retrain
+
+    settings = _settings(project, "retrain.cooldown_seconds=0")
+    lock_path = settings.path(settings.retrain.lock_file)
+    with RetrainLock(lock_path, stale_seconds=3600):  # a live retraining (this process)
+        busy = retrain(settings, reason="test")
+    assert busy.outcome == "skipped" and "another retraining holds" in busy.reason and busy.exit_code == 6
+    assert not lock_path.exists()  # released by its holder
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    dead = {"pid": int(finished.stdout), "host": socket.gethostname(), "started": time.time(), "token": "x"}
+    lock_path.write_text(json.dumps(dead))  # a retraining that crashed without releasing
+    outcome = retrain(settings, reason="test")
+    assert outcome.outcome == "no_new_version" and outcome.exit_code == 3  # ran; registered nothing
+    assert not lock_path.exists()
+
+    old = {"pid": 1, "host": "elsewhere", "started": time.time() - 10 * 3600, "token": "y"}
+    lock_path.write_text(json.dumps(old))  # older than stale_lock_seconds (6 h)
+    assert retrain(settings, reason="test").outcome == "no_new_version"
+
+
+def test_cooldown_between_triggers_and_force(project, cli):
+    from monitoring.retrain import retrain
+
+    settings = _settings(project, "retrain.cooldown_seconds=3600")
+    first = retrain(settings, reason="first")
+    assert first.outcome == "no_new_version" and first.returncode == 0
+    second = retrain(settings, reason="second")
+    assert second.outcome == "skipped" and "cooling down" in second.reason
+    forced = retrain(settings, reason="third", force=True)
+    assert forced.outcome == "no_new_version"
+    state = json.loads(settings.path(settings.retrain.state_file).read_text())
+    assert state["reason"] == "third"
+    report = json.loads((settings.path(settings.retrain.state_file).parent / "retrain.json").read_text())
+    assert report["outcome"] == "no_new_version" and "registered no new version" in report["reason"]
+
+    command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
+    result = cli("retrain", "-S", f"retrain.command={command}")  # through the CLI: cooling down
+    assert result.exit_code == 6 and "cooling down" in result.output
+
+
+def test_a_failing_pipeline_is_reported_and_recorded(project):
+    import mlflow
+
+    settings = _settings(project, "retrain.cooldown_seconds=0")
+    failing = settings.updated({"retrain.command": [sys.executable, "-c", "raise SystemExit(7)"]})
+    result = retrain_with(failing)
+    assert result.outcome == "failed" and result.returncode == 7 and result.exit_code == 1
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["lensops.retrain.outcome"] == "failed"
+    missing = settings.updated({"retrain.command": ["no-such-lensops-tool"]})
+    assert "not found" in retrain_with(missing).reason
+
+
+def retrain_with(settings):
+    from monitoring.retrain import retrain
+
+    return retrain(settings, reason="test", force=True)
