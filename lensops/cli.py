@@ -484,5 +484,5 @@ def serve_command(
     out.print("stopped")
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":
     app()

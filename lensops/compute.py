@@ -37,3 +37,14 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def available_gpus() -> float:
+    """GPUs Ray sees once it runs (the cluster's), else this machine's CUDA devices."""
+    import ray
+
+    if ray.is_initialized():
+        return cluster_gpus()
+    import torch
+
+    return float(torch.cuda.device_count())

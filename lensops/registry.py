@@ -28,14 +28,33 @@ CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 MODEL_ARTIFACT = "model"
 # Set by `lensops retrain` for the pipeline it starts: the training run tags itself with it.
 TRIGGER_ENV = "LENSOPS_TRIGGER_RUN_ID"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 EXTRA = ("preprocessing.json", "classes.json", "metrics.json", "baseline_embeddings.parquet")
+
+
+def use_tracking_uri(uri: str) -> None:
+    """Point this process's MLflow at `uri`, leaving `MLFLOW_TRACKING_URI` as the user set it.
+
+    `mlflow.set_tracking_uri` also writes the URI into the environment, for subprocesses. lensops
+    resolves the store per project (`lensops.settings.tracking_uri` reads that variable first), so
+    a URI left behind by one project would send the runs and versions of the next project in the
+    same process, or of any `lensops`/`dvc repro` it starts, to the first one's store.
+    """
+    import mlflow
+
+    before = os.environ.get(ENV_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop(ENV_TRACKING_URI, None)
+    else:
+        os.environ[ENV_TRACKING_URI] = before
 
 
 def client(settings: Settings):
     """An MlflowClient on the project's tracking URI (set here, never at import)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(settings.root))
+    use_tracking_uri(tracking_uri(settings.root))
     return mlflow.MlflowClient()
 
 
@@ -240,11 +259,24 @@ def download(settings: Settings, uri: str, dest: Path | None = None) -> ModelFil
     )
 
 
-def load_network(folder_or_uri: str | Path):
-    """The exported network: `model(batch) -> (logits, embedding)`; no pickle, no lensops code."""
-    import mlflow.pytorch
+def load_network(folder_or_uri: str | Path, *, device: str | None = None):
+    """The exported network: `model(batch) -> (logits, embedding)`; no pickle, no lensops code.
 
-    return mlflow.pytorch.load_model(str(folder_or_uri))
+    With a `device` ("cpu", "cuda"), the exported program is read from a downloaded version's
+    folder and moved there by torch.export's own pass: MLflow's loader refuses to move a pt2
+    model off the device it was exported on (training exports on the CPU).
+    """
+    if device is None:
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(str(folder_or_uri))
+    import torch
+    from torch.export.passes import move_to_device_pass
+
+    program = Path(folder_or_uri) / "data" / "model.pt2"
+    if not program.is_file():
+        raise FileNotFoundError(f"{program} is missing: with a device, load_network needs a downloaded version folder")
+    return move_to_device_pass(torch.export.load(program), device).module()
 
 
 def existing_refs(settings: Settings) -> str:

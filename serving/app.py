@@ -3,13 +3,18 @@
 Three deployments, scaled independently:
 
 - `Ingress` (FastAPI): the HTTP contract, API key, size limit, timeouts, JSON errors,
-  Prometheus metrics, and the production log (one record per successful prediction).
+  Prometheus metrics, and the production log (one record per successful prediction). Concurrent
+  requests are gathered with `@serve.batch` and go on together: one call to preprocessing and one
+  to the model per batch, not per request. On a small model the calls between deployments, not
+  the forward, are what a request costs (see benchmarks/README.md).
 - `Preprocess`: untrusted bytes -> checked, decoded image -> the evaluation tensor, built by the
-  shared `data.transforms.eval_transform` from the served version's preprocessing spec.
-- `Model`: the exported network of the version an alias points at, behind `@serve.batch`. It
-  re-resolves the alias every `serve.alias_poll_seconds`; a new version is loaded beside the old
-  one and swapped in atomically, so requests never fail during a switch. Every answer names the
-  version that produced it.
+  shared `data.transforms.eval_transform` from the served version's preprocessing spec. A batch
+  arrives in chunks, spread over its replicas.
+- `Model`: the exported network of the version an alias points at, behind `@serve.batch` (which
+  merges the batches of several ingress replicas into one forward), on a GPU when
+  `serve.use_gpu` says so. It re-resolves the alias every `serve.alias_poll_seconds`; a new
+  version is loaded beside the old one and swapped in atomically, so requests never fail during a
+  switch. Every answer names the version that produced it.
 
 Every replica asks for a fraction of a CPU (`serve.replica_cpus`): whole CPUs per replica make
 `serve.run` wait forever on a two-core machine.
@@ -49,12 +54,12 @@ class Served:
     key: str
 
 
-def _load(tracking_uri: str, uri: str) -> Served:
+def _load(tracking_uri: str, uri: str, device: str) -> Served:
     import mlflow
 
     from lensops import registry
 
-    mlflow.set_tracking_uri(tracking_uri)
+    registry.use_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     tail = uri.removeprefix("models:/")
     if "@" in tail:
@@ -75,14 +80,16 @@ def _load(tracking_uri: str, uri: str) -> Served:
     import json
 
     classes = json.loads((folder / "extra_files" / "classes.json").read_text())
-    network = registry.load_network(folder)
+    network = registry.load_network(folder, device=device)
     return Served(version, spec, classes, network, spec_key(spec))
 
 
 def _resolve(tracking_uri: str, uri: str) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from lensops import registry
+
+    registry.use_tracking_uri(tracking_uri)
     tail = uri.removeprefix("models:/")
     if "@" not in tail:
         return tail.rsplit("/", 1)[1]
@@ -93,15 +100,22 @@ def _resolve(tracking_uri: str, uri: str) -> str:
 @serve.deployment
 class Model:
     def __init__(
-        self, tracking_uri: str, uri: str, name: str, max_batch_size: int, batch_wait_ms: float, poll_seconds: float
+        self,
+        tracking_uri: str,
+        uri: str,
+        name: str,
+        max_batches: int,
+        poll_seconds: float,
+        device: str = "cpu",
     ):
         import torch
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.tracking_uri, self.uri, self.name = tracking_uri, uri, name
-        self.served = _load(tracking_uri, uri)
-        self.predict.set_max_batch_size(max_batch_size)
-        self.predict.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        self.tracking_uri, self.uri, self.name, self.device = tracking_uri, uri, name, device
+        self.served = _load(tracking_uri, uri, device)
+        # The ingress already waited for its batch to fill: take whatever batches are queued, at once.
+        self.predict.set_max_batch_size(max_batches)
+        self.predict.set_batch_wait_timeout_s(0)
         self._stop = threading.Event()
         self._poll_seconds = poll_seconds
         threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
@@ -112,7 +126,7 @@ class Model:
             try:
                 version = _resolve(self.tracking_uri, self.uri)
                 if version != self.served.version:
-                    fresh = _load(self.tracking_uri, self.uri)
+                    fresh = _load(self.tracking_uri, self.uri, self.device)
                     self.served = fresh  # one assignment: a batch sees the old or the new, never a mix
                     log.warning("now serving %s v%s", self.name, fresh.version)
             except Exception as e:  # the registry may be briefly unreachable: keep serving what we have
@@ -126,29 +140,35 @@ class Model:
             "classes": s.classes,
             "preprocessing": s.spec.model_dump(),
             "key": s.key,
+            "device": self.device,
         }
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0)
     async def predict(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
+        """Each item is one ingress batch (N, 3, H, W) and the spec key it was preprocessed with."""
         import torch
 
-        served = self.served  # one version for the whole batch
+        served = self.served  # one version for the whole forward
         ok = [i for i, (_, key) in enumerate(items) if key == served.key]
         answers: list[dict[str, Any]] = [{"stale": True} for _ in items]
-        if ok:
-            batch = torch.from_numpy(np.stack([items[i][0] for i in ok]))
-            with torch.no_grad():
-                logits, embedding = served.network(batch)
-            probabilities = torch.softmax(logits.float(), dim=1).numpy()
-            embedding = embedding.float().numpy()
-            for row, i in enumerate(ok):
-                answers[i] = {
-                    "version": served.version,
-                    "probabilities": probabilities[row],
-                    "embedding": embedding[row],
-                    "classes": served.classes,
-                    "batch_size": len(ok),
-                }
+        if not ok:
+            return answers
+        batch = torch.from_numpy(np.concatenate([items[i][0] for i in ok])).to(self.device)
+        with torch.no_grad():
+            logits, embedding = served.network(batch)
+        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        embedding = embedding.float().cpu().numpy()
+        start = 0
+        for i in ok:
+            end = start + len(items[i][0])
+            answers[i] = {
+                "version": served.version,
+                "probabilities": probabilities[start:end],
+                "embedding": embedding[start:end],
+                "classes": served.classes,
+                "batch_size": len(batch),
+            }
+            start = end
         return answers
 
     def __del__(self):
@@ -164,8 +184,18 @@ class Preprocess:
         self.limits = {"allowed_formats": allowed_formats, "max_bytes": max_bytes, "max_pixels": max_pixels}
         self._transforms: dict[str, Any] = {}
 
-    def __call__(self, body: bytes, spec: dict[str, Any]) -> dict[str, Any]:
-        from data.transforms import eval_transform, image_stats, to_rgb
+    def __call__(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """One result per body: the tensor and image stats, or the client error it deserves."""
+        from data.transforms import eval_transform
+
+        parsed = PreprocessingSpec.model_validate(spec)
+        key = spec_key(parsed)
+        if key not in self._transforms:
+            self._transforms[key] = eval_transform(parsed)
+        return [self._one(body, self._transforms[key], key) for body in bodies]
+
+    def _one(self, body: bytes, transform, key: str) -> dict[str, Any]:
+        from data.transforms import image_stats, to_rgb
         from data.upload import UploadRejected, read_upload
 
         try:
@@ -175,11 +205,7 @@ class Preprocess:
             return {"error": {"status": e.status, "code": e.code, "detail": e.detail}}
         except Exception as e:  # anything else Pillow raises on hostile data is still the client's input
             return {"error": {"status": 422, "code": "undecodable", "detail": f"the image does not decode: {e}"}}
-        parsed = PreprocessingSpec.model_validate(spec)
-        key = spec_key(parsed)
-        if key not in self._transforms:
-            self._transforms[key] = eval_transform(parsed)
-        return {"tensor": self._transforms[key](rgb).numpy(), "key": key, **image_stats(rgb)}
+        return {"tensor": transform(rgb).numpy(), "key": key, **image_stats(rgb)}
 
 
 # --- ingress ----------------------------------------------------------------------------------
@@ -193,6 +219,8 @@ api = FastAPI(
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PREPROCESS_CHUNK = 8  # images per call to a preprocessing replica
+IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
 
 
 class ClientError(Exception):
@@ -215,12 +243,16 @@ class Ingress:
         flush_seconds: float,
         flush_records: int,
         api_key: str | None,
+        max_batch_size: int,
+        batch_wait_ms: float,
     ):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         from lensops.production_log import ProductionLogWriter
 
         self.preprocess, self.model = preprocess, model
+        self._answer.set_max_batch_size(max_batch_size)
+        self._answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.max_body_bytes, self.timeout, self.top_k, self.api_key = max_body_bytes, request_timeout_s, top_k, api_key
         self.log = ProductionLogWriter(log_dir, flush_seconds=flush_seconds, flush_records=flush_records)
         self._info: dict[str, Any] | None = None
@@ -279,17 +311,9 @@ class Ingress:
             raise ClientError(
                 413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
             )
-        for attempt in range(3):  # a version switch between preprocessing and the model: redo with the new spec
-            info = await self._model_info(refresh=attempt > 0)
-            prepared = await self.preprocess.remote(body, info["preprocessing"])
-            if "error" in prepared:
-                e = prepared["error"]
-                raise ClientError(e["status"], e["code"], e["detail"])
-            answer = await self.model.predict.remote((prepared["tensor"], prepared["key"]))
-            if not answer.get("stale"):
-                break
-        else:
-            raise ClientError(503, "model_switching", "the served model is being replaced; retry")
+        answer = await self._answer(body)
+        if "error" in answer:
+            raise ClientError(**answer["error"])
         probabilities, classes = answer["probabilities"], answer["classes"]
         order = np.argsort(-probabilities)[:top_k]
         request_id = uuid.uuid4().hex
@@ -297,24 +321,67 @@ class Ingress:
         self.log.append(
             {
                 "request_id": request_id,
-                "model_name": info["name"],
+                "model_name": answer["name"],
                 "model_version": answer["version"],
                 "embedding": answer["embedding"],
                 "label": predictions[0]["label"],
                 "score": predictions[0]["score"],
-                "width": prepared["width"],
-                "height": prepared["height"],
-                "brightness": prepared["brightness"],
-                "contrast": prepared["contrast"],
+                **{stat: answer[stat] for stat in IMAGE_STATS},
             }
         )
-        self.served_version.labels(info["name"]).set(float(answer["version"]))
-        self.batch_sizes.observe(answer["batch_size"])
+        self.served_version.labels(answer["name"]).set(float(answer["version"]))
         return {
             "request_id": request_id,
-            "model": {"name": info["name"], "version": answer["version"]},
+            "model": {"name": answer["name"], "version": answer["version"]},
             "predictions": predictions,
         }
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _answer(self, bodies: list[bytes]) -> list[dict[str, Any]]:
+        """Concurrent requests, preprocessed and predicted together: two calls per batch, not two per request.
+
+        Returns, per body, the model's answer with the image stats, or `{"error": ...}` for a body
+        the client must fix. One bad image never fails the others of its batch.
+        """
+        answers: list[dict[str, Any]] = [{} for _ in bodies]
+        pending = list(range(len(bodies)))
+        for attempt in range(3):  # a version switch between preprocessing and the model: redo with the new spec
+            info = await self._model_info(refresh=attempt > 0)
+            prepared = await self._preprocessed([bodies[i] for i in pending], info["preprocessing"])
+            ready = []
+            for i, item in zip(pending, prepared, strict=True):
+                if "error" in item:
+                    answers[i] = item
+                else:
+                    ready.append((i, item))
+            if not ready:
+                return answers
+            images = np.stack([item["tensor"] for _, item in ready])
+            result = await self.model.predict.remote((images, ready[0][1]["key"]))
+            if result.get("stale"):
+                pending = [i for i, _ in ready]
+                continue
+            self.batch_sizes.observe(result["batch_size"])
+            for row, (i, item) in enumerate(ready):
+                answers[i] = {
+                    "name": info["name"],
+                    "version": result["version"],
+                    "classes": result["classes"],
+                    "probabilities": result["probabilities"][row],
+                    "embedding": result["embedding"][row],
+                    **{stat: item[stat] for stat in IMAGE_STATS},
+                }
+            return answers
+        switching = {"status": 503, "code": "model_switching", "detail": "the served model is being replaced; retry"}
+        for i in pending:
+            answers[i] = {"error": switching}
+        return answers
+
+    async def _preprocessed(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """The batch in chunks, so that several (or autoscaled) preprocessing replicas share it; in order."""
+        chunks = [bodies[i : i + PREPROCESS_CHUNK] for i in range(0, len(bodies), PREPROCESS_CHUNK)]
+        parts = await asyncio.gather(*(self.preprocess.remote(chunk, spec) for chunk in chunks))
+        return [item for part in parts for item in part]
 
     async def _model_info(self, refresh: bool = False) -> dict[str, Any]:
         """The served version's spec, cached: a stale cache only costs one retry (the model says so)."""
@@ -396,6 +463,20 @@ class Ingress:
 # --- building the application ---------------------------------------------------------------
 
 
+MODEL_MAX_BATCHES = 8  # ingress batches merged into one forward (several ingress replicas)
+
+
+def model_gpus(serve_settings) -> float:
+    """GPUs per model replica: none on CPU; otherwise the GPUs Ray sees shared by the replicas, at most 1."""
+    from lensops.compute import available_gpus
+
+    gpus = available_gpus()
+    use = gpus > 0 if serve_settings.use_gpu == "auto" else bool(serve_settings.use_gpu)
+    if use and gpus == 0:
+        raise ValueError("serve.use_gpu is true but no GPU is visible; set serve.use_gpu=auto or false")
+    return min(1.0, gpus / serve_settings.model_replicas) if use else 0.0
+
+
 def build_app(settings, model_ref: str | None = None, *, api_key: str | None = None):
     """The bound application for `serve.run`, sized from `settings.serve`."""
     import os
@@ -406,19 +487,22 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
     s = settings.serve
     uri = registry.resolve(settings, model_ref or s.model, alias=registry.CHAMPION)
     cpus = {"num_cpus": s.replica_cpus}
+    gpus = model_gpus(s)
     # Enough requests in flight per replica for batches to fill (Serve's default allows 5).
     preprocess = Preprocess.options(
         num_replicas=s.preprocess_replicas, ray_actor_options=cpus, max_ongoing_requests=s.max_ongoing_requests
     ).bind(s.allowed_formats, s.max_body_bytes, s.max_pixels)
     model = Model.options(
-        num_replicas=s.model_replicas, ray_actor_options=cpus, max_ongoing_requests=max(2 * s.max_batch_size, 8)
+        num_replicas=s.model_replicas,
+        ray_actor_options={**cpus, "num_gpus": gpus},
+        max_ongoing_requests=2 * MODEL_MAX_BATCHES,
     ).bind(
         tracking_uri(settings.root),
         uri,
         settings.registry.model_name,
-        s.max_batch_size,
-        s.batch_wait_ms,
+        MODEL_MAX_BATCHES,
         s.alias_poll_seconds,
+        "cuda" if gpus else "cpu",
     )
     return Ingress.options(
         ray_actor_options=cpus, max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests
@@ -432,6 +516,8 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
         flush_seconds=settings.monitoring.flush_seconds,
         flush_records=settings.monitoring.flush_records,
         api_key=api_key if api_key is not None else os.environ.get("LENSOPS_API_KEY") or None,
+        max_batch_size=s.max_batch_size,
+        batch_wait_ms=s.batch_wait_ms,
     )
 
 

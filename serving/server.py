@@ -32,10 +32,18 @@ def start(
     """Start Serve and the application; returns (base URL, whether Ray was started here)."""
     from ray import serve
 
-    from .app import build_app
+    from .app import build_app, model_gpus
 
     check_model(settings, model_ref)
     started_ray = ensure_ray()
+    try:
+        model_gpus(settings.serve)  # serve.use_gpu against the GPUs Ray sees, before anything starts
+    except ValueError as e:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        raise ServeError(str(e)) from None
     host = host or settings.serve.host
     port = settings.serve.port if port is None else port
     serve.start(http_options={"host": host, "port": port})

@@ -87,9 +87,7 @@ class _LogEpochs(UserCallback):
         self.uri, self.run_id = uri, run_id
 
     def after_report(self, run_context, metrics, checkpoint):
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
+        registry.use_tracking_uri(self.uri)
         registry.log_epoch(self.run_id, dict(metrics[0]), synchronous=True)
 
 
@@ -115,7 +113,7 @@ def _trial(
     settings = settings.updated({**config, "train.epochs": max_epochs})
     data = load_training_data(settings)
 
-    mlflow.set_tracking_uri(uri)
+    registry.use_tracking_uri(uri)
     client = mlflow.MlflowClient()
     context = tune.get_context()
     tags = {

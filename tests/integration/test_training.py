@@ -141,6 +141,22 @@ def test_registered_model_in_a_fresh_process_reproduces_evaluation(trained, tmp_
     assert out["embedding"].shape == (len(test), 128)
 
 
+def test_the_exported_network_moves_to_a_device_with_the_same_answers(trained):
+    """Serving loads the version with torch.export's device pass; on the CPU it must equal MLflow's loader."""
+    from lensops import registry
+
+    settings, _ = trained
+    files = registry.download(settings, "models:/tiny@challenger")
+    images = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = registry.load_network(files.folder)(images)
+        moved = registry.load_network(files.folder, device="cpu")(images)
+    for a, b in zip(expected, moved, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match=r"model\.pt2"):
+        registry.load_network(files.folder / "extra_files", device="cpu")
+
+
 def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, digits_project, tmp_path, monkeypatch):
     from training.train import train
 

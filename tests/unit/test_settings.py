@@ -102,3 +102,28 @@ def test_tracking_uri_default_and_environment(tmp_path: Path, monkeypatch):
     assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+@pytest.mark.slow
+def test_two_projects_in_one_process_keep_their_own_mlflow_stores(tmp_path: Path, monkeypatch):
+    """MLflow writes the URI it is given into the environment; lensops must not let it leak to the next project."""
+    import os
+
+    import mlflow
+
+    from lensops import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    first, second = (load_settings(tmp_path / name / "params.yaml") for name in ("first", "second"))
+    registry.client(first).create_experiment("only-in-first")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing left behind for the next project or a subprocess
+    names = {e.name for e in registry.client(second).search_experiments()}
+    assert "only-in-first" not in names and mlflow.get_tracking_uri() == tracking_uri(second.root)
+    assert (tmp_path / "first" / "mlruns" / "mlflow.db").is_file() and (tmp_path / "second" / "mlruns").is_dir()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(tmp_path / "shared"))  # the user's choice wins, and stays
+    registry.client(first)
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow.get_tracking_uri() == tracking_uri(tmp_path / "shared")
