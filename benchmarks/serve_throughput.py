@@ -8,7 +8,8 @@
 thread pool at concurrency 1 and 32; the script prints requests/s, p50 and p99 latency, and the
 ratios a/b and a/c. The client shares the machine's cores with the server.
 
-    python benchmarks/serve_throughput.py [--requests 400] [--size 32]
+    python benchmarks/serve_throughput.py [--requests 400] [--size 32] [--model smallcnn]
+    python benchmarks/serve_throughput.py --model resnet18 --size 64 --epochs 1   # a forward that costs something
 """
 
 import argparse
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--model", default="smallcnn", help="any name create_model knows")
     args = parser.parse_args()
 
     from ray import serve
@@ -119,6 +121,7 @@ def main() -> None:
         write_digits(root / "data" / "raw", size=args.size)
         overrides = [
             f"train.epochs={args.epochs}",
+            f"train.model={args.model}",
             f"train.preprocessing.size={args.size}",
             "registry.model_name=bench",
             "registry.experiment=bench",

@@ -13,6 +13,12 @@ from tests.imagefactory import write_class_folders
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from lensops.compute import ray_environment
+
+    ray_environment()  # before any test starts Ray (the session's, or a test's own cluster), as lensops does
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
@@ -61,6 +67,15 @@ def cli() -> Cli:
     return Cli()
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a server a test starts (and stops)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # --- training fixtures: one Ray and one small prepared dataset per test session --------------
 
 TINY_TRAINING = [
@@ -72,16 +87,17 @@ TINY_TRAINING = [
     "registry.model_name=tiny",
     "registry.experiment=tiny",
 ]
+# For fixtures whose subject is not the input path: a DataLoader per worker starts in a second,
+# where a Ray Data pipeline takes about ten on two cores (test_training covers both paths).
+TINY_TRAINING_FAST_INPUT = [*TINY_TRAINING, "train.input=dataloader"]
 
 
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray shared by every test that needs one (it takes seconds to start)."""
-    import os
 
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         # The dashboard holds the state API that Ray Train's placement-group cleaner needs (see lensops.compute).
         ray.init(

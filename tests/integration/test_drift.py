@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_TRAINING, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, project_copy
 
 pytestmark = pytest.mark.slow
 
 # The tiny dataset's test split has about 80 images; judge from 40 records on.
-SMALL = [*TINY_TRAINING, "drift.min_records=40", "drift.report_sample=60"]
+SMALL = [*TINY_TRAINING_FAST_INPUT, "drift.min_records=40", "drift.report_sample=60"]
 
 
 @pytest.fixture(scope="module")

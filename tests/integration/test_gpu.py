@@ -7,7 +7,6 @@ test_training.py and test_serving.py.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
@@ -15,15 +14,9 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import TINY_TRAINING, project_copy
+from tests.conftest import TINY_TRAINING, free_port, project_copy
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def test_serving_on_a_gpu_replica_answers_as_the_offline_path(gpu_trained):
     settings, _ = gpu_trained
     settings = settings.updated({"serve.use_gpu": True})
     promote(settings, reason="gpu serving test", force=True)
-    url, _ = start(settings, port=_free_port())
+    url, _ = start(settings, port=free_port())
     try:
         deadline = time.monotonic() + 120
         while requests.get(f"{url}/healthz", timeout=5).status_code != 200:

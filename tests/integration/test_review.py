@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import TINY_TRAINING, Cli, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, Cli, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,12 @@ def registry_project(ray_session, digits_project, tmp_path_factory):
 
     root = project_copy(digits_project, tmp_path_factory.mktemp("review") / "project")
     for extra in (["train.seed=1"], ["train.seed=2"], ["train.lr=1e-7", "train.epochs=1"]):
-        train(load_settings(root / "params.yaml", [*TINY_TRAINING, *extra]), progress=False)
+        train(load_settings(root / "params.yaml", [*TINY_TRAINING_FAST_INPUT, *extra]), progress=False)
     return root
 
 
 def lensops(root: Path, *args: str):
-    overrides = [a for o in [*TINY_TRAINING, *GATES] for a in ("-S", o)]
+    overrides = [a for o in [*TINY_TRAINING_FAST_INPUT, *GATES] for a in ("-S", o)]
     return Cli()("--params", str(root / "params.yaml"), *args, *overrides)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import time
 
 import numpy as np
@@ -11,16 +10,10 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import TINY_TRAINING, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, free_port, project_copy
 from tests.data.test_upload import AWKWARD, BAD
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +27,11 @@ def served(ray_session, digits_project, tmp_path_factory):
     from training.train import train
 
     root = project_copy(digits_project, tmp_path_factory.mktemp("serving") / "project")
-    overrides = [*TINY_TRAINING, "serve.alias_poll_seconds=0.5", "monitoring.flush_seconds=0.2"]
+    overrides = [*TINY_TRAINING_FAST_INPUT, "serve.alias_poll_seconds=0.5", "monitoring.flush_seconds=0.2"]
     settings = load_settings(root / "params.yaml", overrides)
     train(settings, progress=False)
     promote(settings, reason="serving tests", force=True)
-    url, started_ray = start(settings, port=_free_port())
+    url, started_ray = start(settings, port=free_port())
     assert not started_ray  # it joined the session's Ray
     _wait_healthy(url)
     yield settings, url

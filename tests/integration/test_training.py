@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from lensops.settings import load_settings
-from tests.conftest import TINY_TRAINING, project_copy
+from tests.conftest import TINY_TRAINING, TINY_TRAINING_FAST_INPUT, free_port, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +176,9 @@ def test_a_stopped_run_continues_with_resume(ray_session, digits_project, tmp_pa
     from training.train import TrainingError, train
 
     root = project_copy(digits_project, tmp_path / "project")
-    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.epochs=3", "train.max_failures=0"])
+    settings = load_settings(
+        root / "params.yaml", [*TINY_TRAINING_FAST_INPUT, "train.epochs=3", "train.max_failures=0"]
+    )
     monkeypatch.setenv("LENSOPS_FAIL_ONCE_AT_EPOCH", "1")
     with pytest.raises(TrainingError, match="lensops train --resume ") as failure:
         train(settings, progress=False)
@@ -187,7 +188,7 @@ def test_a_stopped_run_continues_with_resume(ray_session, digits_project, tmp_pa
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
 
     monkeypatch.delenv("LENSOPS_FAIL_ONCE_AT_EPOCH")
-    changed = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.epochs=4", "train.max_failures=0"])
+    changed = load_settings(root / "params.yaml", [*TINY_TRAINING_FAST_INPUT, "train.epochs=4", "train.max_failures=0"])
     with pytest.raises(ValueError, match="other params"):
         train(changed, resume=run_id, progress=False)
     result = train(settings, resume=run_id, progress=False)
@@ -222,12 +223,6 @@ def test_training_without_a_prepared_dataset_says_what_to_run(cli, project):
     assert "lensops data prepare" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 TRAIN_SCRIPT = """
 import sys
 from lensops.settings import load_settings
@@ -241,7 +236,7 @@ print("VERSION", result.model_version)
 def test_training_against_a_real_mlflow_server(digits_project, tmp_path):
     """The remote path: a separate `mlflow server` process on 127.0.0.1 holds runs, artifacts and the registry."""
     root = project_copy(digits_project, tmp_path / "project")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
@@ -257,7 +252,7 @@ def test_training_against_a_real_mlflow_server(digits_project, tmp_path):
         script = tmp_path / "train.py"
         script.write_text(TRAIN_SCRIPT)
         out = subprocess.run(
-            [sys.executable, str(script), str(root / "params.yaml"), *TINY_TRAINING, "train.epochs=1"],
+            [sys.executable, str(script), str(root / "params.yaml"), *TINY_TRAINING_FAST_INPUT, "train.epochs=1"],
             env=env,
             cwd=root,
             capture_output=True,
@@ -333,7 +328,7 @@ def test_tune_stops_a_hopeless_trial_and_logs_child_runs(ray_session, digits_pro
 
     root = project_copy(digits_project, tmp_path / "project")
     overrides = [
-        *TINY_TRAINING,
+        *TINY_TRAINING_FAST_INPUT,
         "tune.max_epochs=3",
         "tune.grace_period=2",
         "tune.num_samples=1",
