@@ -8,7 +8,7 @@
 thread pool at concurrency 1 and 32; the script prints requests/s, p50 and p99 latency, and the
 ratios a/b and a/c. The client shares the machine's cores with the server.
 
-    python benchmarks/serve_throughput.py [--requests 400] [--size 32] [--model smallcnn]
+    python benchmarks/serve_throughput.py [--requests 400] [--size 32] [--model smallcnn] [-S key=value ...]
     python benchmarks/serve_throughput.py --model resnet18 --size 64 --epochs 1   # a forward that costs something
 """
 
@@ -38,6 +38,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by each process on this machine, by name (Ray names its actors' processes)."""
+    import psutil
+
+    used: dict[str, float] = {}
+    for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        name = " ".join(p.info["cmdline"] or [])[:48] or p.info["name"] or "?"
+        if p.info["cpu_times"] is not None:
+            used[name] = used.get(name, 0.0) + p.info["cpu_times"].user + p.info["cpu_times"].system
+    return used
+
+
 def load(url: str, bodies: list[bytes], concurrency: int, n: int) -> dict[str, float]:
     session_per_thread: dict[int, requests.Session] = {}
 
@@ -52,14 +64,18 @@ def load(url: str, bodies: list[bytes], concurrency: int, n: int) -> dict[str, f
 
     for i in range(min(20, n)):  # warm-up
         one(i)
+    before = cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         latencies = sorted(pool.map(one, range(n)))
     wall = time.perf_counter() - started
+    after = cpu_seconds()
+    per_request = {k: 1000 * (v - before.get(k, 0.0)) / n for k, v in after.items()}
     return {
         "rps": n / wall,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "cpu_ms": {k: v for k, v in sorted(per_request.items(), key=lambda kv: -kv[1]) if v >= 0.2},
     }
 
 
@@ -102,6 +118,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--model", default="smallcnn", help="any name create_model knows")
+    parser.add_argument("-S", "--set", action="append", default=[], help="params override, e.g. serve.batch_wait_ms=5")
     args = parser.parse_args()
 
     from ray import serve
@@ -122,6 +139,7 @@ def main() -> None:
         overrides = [
             f"train.epochs={args.epochs}",
             f"train.model={args.model}",
+            *args.set,
             f"train.preprocessing.size={args.size}",
             "registry.model_name=bench",
             "registry.experiment=bench",
@@ -164,6 +182,9 @@ def main() -> None:
         for (name, c), r in results.items():
             print(f"{name + f' c={c}':<22}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}")
         print(f"{'raw forward b=' + str(len(batch)):<22}{raw_rps:>9.1f}")
+        for name in ("lensops", "naive"):  # where a request's CPU goes, at concurrency 32
+            split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in results[(name, 32)]["cpu_ms"].items())
+            print(f"CPU ms per request, {name} c=32: {split}")
         for c in (1, 32):
             a, b = results[("lensops", c)]["rps"], results[("naive", c)]["rps"]
             print(f"concurrency {c}: a/b = {a / b:.2f}   a/c = {a / raw_rps:.3f}")

@@ -230,6 +230,15 @@ def test_concurrent_requests_share_one_forward(served):
         _wait_healthy(url)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
+def test_asking_for_a_gpu_without_one_is_a_clear_error(served):
+    from serving.server import ServeError, start
+
+    settings, _ = served
+    with pytest.raises(ServeError, match=r"serve\.use_gpu is true but no GPU is visible"):
+        start(settings.updated({"serve.use_gpu": True}), port=free_port())
+
+
 def test_api_key_guards_every_route_but_healthz(served, monkeypatch):
     from ray import serve
 
