@@ -4,9 +4,9 @@ Three deployments, scaled independently:
 
 - `Ingress` (FastAPI): the HTTP contract, API key, size limit, timeouts, JSON errors,
   Prometheus metrics, and the production log (one record per successful prediction). Concurrent
-  requests are gathered with `@serve.batch` and go on together: one call to preprocessing and one
-  to the model per batch, not per request. On a small model the calls between deployments, not
-  the forward, are what a request costs (see benchmarks/README.md).
+  requests are gathered with `@serve.batch` and go on together: one call to preprocessing per 8
+  images and one to the model per batch, instead of two calls per request (see
+  benchmarks/README.md for what a request costs).
 - `Preprocess`: untrusted bytes -> checked, decoded image -> the evaluation tensor, built by the
   shared `data.transforms.eval_transform` from the served version's preprocessing spec. A batch
   arrives in chunks, spread over its replicas.
