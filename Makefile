@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/python -m lensops.demo
+	$(BIN)/python -m lensops.closed_loop
 
 test: install
 	$(BIN)/python -m pytest

@@ -33,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lensops.settings import DriftSettings
+from lensops.core.settings import DriftSettings
 from monitoring.drift import column_checks, embedding_frame, embeddings_verdict, render_report
 
 

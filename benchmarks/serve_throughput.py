@@ -79,7 +79,7 @@ def load(url: str, bodies: list[bytes], concurrency: int, n: int) -> dict[str, f
     }
 
 
-def naive_app(tracking_uri: str, uri: str, size: int):
+def naive_app(registry, ref: str, size: int):
     """The baseline: one deployment, per-request torchvision preprocessing, no batching."""
     from fastapi import FastAPI, Request
     from ray import serve
@@ -90,11 +90,10 @@ def naive_app(tracking_uri: str, uri: str, size: int):
     @serve.ingress(api)
     class Naive:
         def __init__(self):
-            import mlflow
             from torchvision import transforms
 
-            mlflow.set_tracking_uri(tracking_uri)
-            self.model = mlflow.pytorch.load_model(uri)
+            with registry.open(ref) as version:
+                self.model = version.network()
             self.transform = transforms.Compose(
                 [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
             )
@@ -123,10 +122,10 @@ def main() -> None:
 
     from ray import serve
 
-    from data.demo import write_digits
+    from data.digits import write_digits
     from data.prepare import prepare_dataset
-    from lensops import registry
-    from lensops.settings import load_settings, tracking_uri
+    from lensops.core.registry import Registry
+    from lensops.core.settings import load_settings
     from serving.server import start, stop
     from training.promotion import promote
     from training.train import train
@@ -149,8 +148,7 @@ def main() -> None:
         train(settings, progress=False)
         promote(settings, reason="benchmark", force=True)
         bodies = [p.read_bytes() for p in sorted((root / "data" / "raw").rglob("*.png"))[:200]]
-        uri = "models:/bench@champion"
-        files = registry.download(settings, uri)
+        registry = Registry.of(settings)
 
         port = free_port()
         url, started_ray = start(settings, port=port)
@@ -160,14 +158,15 @@ def main() -> None:
             results[("lensops", c)] = load(url, bodies, c, args.requests)
         serve.delete("lensops")
         serve.run(
-            naive_app(tracking_uri(settings.root), uri, args.size), name="naive", route_prefix="/", blocking=False
+            naive_app(registry, "@champion", args.size), name="naive", route_prefix="/", blocking=False
         )
         _wait(url, path="/docs")
         for c in (1, 32):
             results[("naive", c)] = load(url, bodies, c, args.requests)
         stop(started_ray)
 
-        network = registry.load_network(files.folder)
+        with registry.open("@champion") as version:
+            network = version.network()
         batch = torch.randn(settings.serve.max_batch_size, 3, args.size, args.size)
         with torch.no_grad():
             for _ in range(5):

@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def build_project(root: Path, args) -> Path:
-    from data.demo import write_digits
+    from data.digits import write_digits
     from data.prepare import prepare_dataset
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
 
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     if args.dataset == "digits":
@@ -69,13 +69,14 @@ def overrides(args) -> list[str]:
 
 def plain_loop(settings, *, tracking: bool, synthetic: bool, amp: bool = True, loader_workers: int = 1) -> list[float]:
     """One process, no Ray: the per-epoch images/s of the training pass."""
-    from lensops import registry
+    from lensops.core.registry import Registry
     from training.datasets import frame_rows, torch_loader
     from training.loop import make_optimizer, make_schedule, run_epoch, seed_everything
     from training.models import create_model
     from training.train import load_training_data
 
     cfg = settings.train
+    registry = Registry.of(settings)
     data = load_training_data(settings)
     seed_everything(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,16 +97,21 @@ def plain_loop(settings, *, tracking: bool, synthetic: bool, amp: bool = True, l
         first = next(iter(loader))
         fixed = {"image": first["image"].to(device), "label": first["label"].to(device)}
     run_id = None
-    if tracking:
-        import mlflow
+    if tracking:  # what lensops' training run records, through the same client calls
+        from mlflow.entities import RunTag
 
+        from lensops.core import tags
         from training.lineage import params_hash
+        from training.tracking import as_params
 
-        registry.client(settings)
-        run = mlflow.start_run(experiment_id=registry.experiment_id(settings), run_name="bench-plain-tracking")
-        run_id = run.info.run_id
-        mlflow.log_params(registry.flatten(settings.model_dump(mode="json", by_alias=True)))
-        mlflow.set_tags({"lensops.params_hash": params_hash(settings)})
+        client = registry.client()
+        experiment = registry.experiment_id(settings.registry.experiment)
+        run_id = client.create_run(experiment, run_name="bench-plain-tracking").info.run_id
+        client.log_batch(
+            run_id,
+            params=as_params(settings.model_dump(mode="json", by_alias=True)),
+            tags=[RunTag(tags.PARAMS_HASH, params_hash(settings))],
+        )
     rates = []
     for epoch in range(cfg.epochs):
         if synthetic:
@@ -124,7 +130,7 @@ def plain_loop(settings, *, tracking: bool, synthetic: bool, amp: bool = True, l
         import mlflow
 
         mlflow.flush_async_logging()
-        mlflow.end_run()
+        registry.client().set_terminated(run_id)
     return rates
 
 
@@ -154,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = set(args.rows.split(","))
 
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
 
     scratch = Path(tempfile.mkdtemp(prefix="lensops-bench-"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -23,6 +23,8 @@ import pandas as pd
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lensops.core.errors import NotFound
+
 COLUMNS = {
     "path": "string",  # relative to the raw folder, with "/" separators
     "label": "string",  # the class folder; null for a file outside any class folder
@@ -152,7 +154,7 @@ def build_manifest(
     """
     raw = Path(raw)
     if not raw.is_dir():
-        raise FileNotFoundError(
+        raise NotFound(
             f"{raw} is not a folder. Put images in {raw}/<label>/<image>, or run `lensops data demo` for the digits."
         )
     files = list_image_files(raw)

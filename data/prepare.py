@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lensops.settings import PrepareSettings, Settings
+from lensops.core.errors import CheckFailed, NotFound
+from lensops.core.settings import PrepareSettings, Settings
 
 from .manifest import build_manifest, read_manifest
 from .plots import plot_splits
@@ -29,7 +30,7 @@ MANIFEST = "manifest.parquet"
 CLASSES = "classes.json"
 
 
-class DatasetInvalidError(RuntimeError):
+class DatasetInvalidError(CheckFailed):
     """The raw dataset fails validation; the message says how many files and where to look."""
 
     def __init__(self, report: ValidationReport, raw: Path):
@@ -114,6 +115,8 @@ def prepare_dataset(
 
 def load_prepared(out: Path) -> tuple[pd.DataFrame, list[str], Path]:
     """The prepared manifest, its class list, and the raw folder its paths are relative to."""
+    if not (out / CLASSES).is_file() or not (out / MANIFEST).is_file():
+        raise NotFound(f"{out} has no prepared dataset; run `lensops data prepare` (or `dvc repro prepare`) first")
     meta = json.loads((out / CLASSES).read_text())
     return pd.read_parquet(out / MANIFEST), meta["classes"], (out / meta["raw"]).resolve()
 

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from lensops.settings import PreprocessingSpec
+from lensops.core.errors import UsageError
+from lensops.core.settings import PreprocessingSpec
 
 __all__ = [
+    "EvalTransform",
     "PreprocessingSpec",
     "build_augmentation",
     "decode",
@@ -43,7 +45,7 @@ _PIL_INTERPOLATION = {
 }
 
 
-class AugmentationError(ValueError):
+class AugmentationError(UsageError):
     """An augmentation in params.yaml names an unknown transform or argument, or a bad value."""
 
 
@@ -87,14 +89,27 @@ def normalize(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
     return (chw - mean) / std
 
 
-def eval_transform(spec: PreprocessingSpec) -> Callable[[Image.Image], torch.Tensor]:
+class EvalTransform:
+    """The evaluation transform of one spec: any PIL image -> float32 tensor (3, size, size).
+
+    `from_rgb` skips `to_rgb` for an image that already went through it (serving and replay
+    keep the upright RGB image for its stats too, so it is converted once).
+    """
+
+    def __init__(self, spec: PreprocessingSpec):
+        self.spec = spec
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.from_rgb(to_rgb(image))
+
+    def from_rgb(self, rgb: Image.Image) -> torch.Tensor:
+        pixels = np.asarray(resize(rgb, self.spec), dtype=np.uint8)
+        return torch.from_numpy(normalize(pixels, self.spec))
+
+
+def eval_transform(spec: PreprocessingSpec) -> EvalTransform:
     """The evaluation transform: any PIL image -> float32 tensor (3, size, size)."""
-
-    def transform(image: Image.Image) -> torch.Tensor:
-        pixels = np.asarray(resize(to_rgb(image), spec), dtype=np.uint8)
-        return torch.from_numpy(normalize(pixels, spec))
-
-    return transform
+    return EvalTransform(spec)
 
 
 def image_stats(rgb: Image.Image) -> dict[str, float]:

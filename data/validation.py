@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lensops.settings import Settings, ValidateSettings
+from lensops.core.settings import Settings, ValidateSettings
 
 from .manifest import build_manifest, write_manifest
 from .plots import plot_class_health

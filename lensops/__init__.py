@@ -1,8 +1,13 @@
 """lensops: a model-lifecycle platform for image models.
 
-This package holds only what several stages share: the command line, the settings, and
-(as later stages land) the registry helpers and the production-log format. It imports no
-stage package, so `data`, `training`, `serving` and `monitoring` can all depend on it.
+Two floors:
+
+- `lensops.core`: what every stage shares (settings, the registry and model artifact, tag keys,
+  errors, the production log, Ray start-up). It imports no stage.
+- the front door: `lensops.cli` (the `lensops` command) and `lensops.closed_loop` (the closed
+  loop that `make demo` runs). They stand on top of the stages and call them.
+
+Importing `lensops` itself loads neither.
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Drift: what production sends, against what the served version was validated on.
 
-`run_drift` reads the production log (`lensops.production_log`) for one model version and
+`run_drift` reads the production log (`lensops.core.production_log`) for one model version and
 compares it with that version's baseline, registered with the model (the validation set's
 embeddings, predictions and image stats):
 
@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lensops import registry
-from lensops.production_log import read_log
-from lensops.settings import DriftSettings, Settings
+from lensops.core import tags as T
+from lensops.core.errors import UsageError
+from lensops.core.production_log import read_log
+from lensops.core.registry import Registry, who
+from lensops.core.settings import DriftSettings, Settings
 
 NO_DRIFT, DRIFT, TOO_FEW = "no_drift", "drift", "too_few_records"
 EXIT_CODES = {NO_DRIFT: 0, DRIFT: 4, TOO_FEW: 5}
@@ -42,7 +44,7 @@ STAT_COLUMNS = ("brightness", "contrast", "width", "height")
 P_VALUE_TESTS = {"ks", "chisquare", "z", "fisher_exact", "mannw", "t_test", "cramer_von_mises", "anderson", "g_test"}
 
 
-class DriftError(ValueError):
+class DriftError(UsageError):
     """The drift job cannot run: unknown model, a version without a baseline, mismatched embeddings."""
 
 
@@ -184,21 +186,25 @@ def render_report(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings,
 # --- the job ---------------------------------------------------------------------------------
 
 
-def load_baseline(settings: Settings, ref: str | None) -> tuple[dict[str, str], pd.DataFrame]:
-    """The version a ref points at now, and its registered baseline."""
-    import mlflow
+def load_baseline(registry: Registry, ref: str | None) -> tuple[dict[str, str], pd.DataFrame]:
+    """The version a ref points at now, and its registered baseline (the network is not downloaded)."""
+    with registry.open(ref) as version:
+        try:
+            baseline = version.baseline()
+        except FileNotFoundError:
+            raise DriftError(f"{version.uri} carries no baseline embeddings; retrain it with this lensops") from None
+    uri = registry.reference(ref).uri
+    return {"name": version.name, "version": version.version, "uri": uri}, baseline
 
-    uri = registry.resolve(settings, ref)
-    try:
-        version = registry.version_of(settings, uri)
-        files = registry.download(settings, f"models:/{settings.registry.model_name}/{version}")
-    except (mlflow.exceptions.MlflowException, IndexError, OSError) as e:
-        raise DriftError(f"{ref or uri}: no such model ({registry.existing_refs(settings)})") from e
-    path = files.folder / "extra_files" / "baseline_embeddings.parquet"
-    if not path.is_file():
-        raise DriftError(f"{uri} (version {version}) carries no baseline embeddings; retrain it with this lensops")
-    model = {"name": settings.registry.model_name, "version": version, "uri": uri}
-    return model, pd.read_parquet(path)
+
+def _check_window(last: int | None, since: str | None) -> None:
+    if last is not None and last < 1:
+        raise DriftError(f"--last {last}: give a positive number of records")
+    if since is not None:
+        try:
+            pd.Timestamp(since)
+        except ValueError:
+            raise DriftError(f"--since {since!r}: not a time (use ISO 8601, e.g. 2026-11-25T10:00:00Z)") from None
 
 
 def run_drift(
@@ -211,19 +217,36 @@ def run_drift(
     track: bool = True,
     html: bool = True,
 ) -> DriftResult:
-    """Compare the production log of a version with its baseline; write drift.json (+ HTML); log to MLflow."""
-    cfg = settings.drift
-    if last is not None and last < 1:
-        raise DriftError(f"--last {last}: give a positive number of records")
-    if since is not None:
-        try:
-            pd.Timestamp(since)
-        except ValueError:
-            raise DriftError(f"--since {since!r}: not a time (use ISO 8601, e.g. 2026-11-25T10:00:00Z)") from None
-    report_dir = settings.path(report_dir or cfg.report_dir)
-    info, baseline = load_baseline(settings, model)
-    log = read_log(settings.path(settings.monitoring.log_dir), model_version=info["version"], since=since, last=last)
+    """Compare the production log of a version with its baseline; write drift.json (+ HTML); log to MLflow.
 
+    The verdict comes first: `drift.json` is written once, as soon as the verdict and its MLflow
+    run exist, before any chart is drawn.
+    """
+    _check_window(last, since)
+    registry = Registry.of(settings)
+    report_dir = settings.path(report_dir or settings.drift.report_dir)
+    info, baseline = load_baseline(registry, model)
+    log_dir = settings.path(settings.monitoring.log_dir)
+    log = read_log(log_dir, model_version=info["version"], since=since, last=last)
+    result = judge(
+        baseline, log, settings.drift, model=info, window={"since": since, "last": last, "log_dir": str(log_dir)}
+    )
+    report_dir.mkdir(parents=True, exist_ok=True)
+    render = html and result.verdict != TOO_FEW
+    if render:
+        result.report_html = str(report_dir / "drift.html")
+    json_path = report_dir / "drift.json"
+    run = start_monitoring_run(registry, settings, result) if track else None
+    write_json(json_path, result)
+    if render:
+        render_report(baseline, log, settings.drift, Path(result.report_html))
+    if run is not None:
+        finish_monitoring_run(registry, run, result, json_path)
+    return result
+
+
+def judge(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings, *, model: dict, window: dict) -> DriftResult:
+    """The verdict on production records against the baseline: drift, no drift, or too few to judge."""
     import evidently  # noqa: F401  (loaded before the clock starts: seconds_to_verdict is the computation)
 
     started = time.perf_counter()
@@ -236,36 +259,26 @@ def run_drift(
         n_reference=len(baseline),
         n_current=len(log),
         min_records=cfg.min_records,
-        model=info,
-        window={"since": since, "last": last, "log_dir": str(settings.path(settings.monitoring.log_dir))},
+        model=model,
+        window=window,
     )
-    if len(log) >= cfg.min_records:
+    if len(log) < cfg.min_records:
+        result.details = {
+            "reason": f"{len(log)} production records for version {model['version']}, need {cfg.min_records}"
+        }
+    else:
         reference, current = np.stack(baseline["embedding"].to_numpy()), np.stack(log["embedding"].to_numpy())
         if reference.shape[1] != current.shape[1]:
             raise DriftError(
-                f"the production log holds {current.shape[1]}-wide embeddings for version {info['version']}, "
+                f"the production log holds {current.shape[1]}-wide embeddings for version {model['version']}, "
                 f"its baseline {reference.shape[1]}-wide: the log was not written by this version"
             )
         result.score, result.drift = embeddings_verdict(reference, current, cfg)
         result.verdict = DRIFT if result.drift else NO_DRIFT
-        result.details = column_checks(baseline, log, cfg)
-        result.details["bootstrap"] = cfg.bootstrap
+        result.details = {**column_checks(baseline, log, cfg), "bootstrap": cfg.bootstrap}
         if cfg.pca_components:
             result.details["pca_components"] = cfg.pca_components
-    else:
-        result.details = {
-            "reason": f"{len(log)} production records for version {info['version']}, need {cfg.min_records}"
-        }
     result.seconds_to_verdict = round(time.perf_counter() - started, 3)
-
-    report_dir.mkdir(parents=True, exist_ok=True)
-    json_path = report_dir / "drift.json"
-    write_json(json_path, result)  # the verdict is on disk before any plot is drawn
-    if html and result.verdict != TOO_FEW:
-        result.report_html = str(render_report(baseline, log, cfg, report_dir / "drift.html"))
-    if track:
-        result.run_id = log_to_mlflow(settings, result, json_path)
-    write_json(json_path, result)
     return result
 
 
@@ -275,31 +288,26 @@ def write_json(path: Path, result: DriftResult) -> None:
     temporary.replace(path)
 
 
-def monitoring_experiment(settings: Settings) -> str:
+def monitoring_experiment(registry: Registry, settings: Settings) -> str:
     """The MLflow experiment of drift and retrain runs (created beside the training experiment)."""
-    mlflow_client = registry.client(settings)
-    existing = mlflow_client.get_experiment_by_name(settings.drift.experiment)
-    if existing is not None:
-        return existing.experiment_id
-    return registry.experiment_id(settings.updated({"registry.experiment": settings.drift.experiment}))
+    return registry.experiment_id(settings.drift.experiment)
 
 
-def log_to_mlflow(settings: Settings, result: DriftResult, json_path: Path) -> str:
-    """A monitoring run tagged with the model version: params, the score, drift.json and the HTML."""
+def start_monitoring_run(registry: Registry, settings: Settings, result: DriftResult) -> str:
+    """A monitoring run tagged with the model version, holding the verdict's params and metrics."""
     from mlflow.entities import Metric, Param
 
-    mlflow_client = registry.client(settings)
     tags = {
-        "lensops.stage": "drift",
-        "lensops.actor": registry.who(),
-        "lensops.model_name": result.model["name"],
-        "lensops.model_version": result.model["version"],
-        "lensops.drift_verdict": result.verdict,
+        T.STAGE: "drift",
+        T.ACTOR: who(),
+        T.MODEL_NAME: result.model["name"],
+        T.MODEL_VERSION: result.model["version"],
+        T.DRIFT_VERDICT: result.verdict,
     }
-    run = mlflow_client.create_run(
-        monitoring_experiment(settings), run_name=f"drift v{result.model['version']}", tags=tags
-    )
-    run_id = run.info.run_id
+    client = registry.client()
+    run_id = client.create_run(
+        monitoring_experiment(registry, settings), run_name=f"drift v{result.model['version']}", tags=tags
+    ).info.run_id
     result.run_id = run_id
     params = {"method": result.method, "threshold": result.threshold, "min_records": result.min_records}
     params.update({k: v for k, v in result.window.items() if v is not None and k != "log_dir"})
@@ -310,15 +318,19 @@ def log_to_mlflow(settings: Settings, result: DriftResult, json_path: Path) -> s
     for name, check in result.details.items():
         if isinstance(check, dict) and "drift" in check:
             metrics[f"{name}_score"] = check["score"]
-    now = int(time.time() * 1000)
-    mlflow_client.log_batch(
+    now_ms = int(time.time() * 1000)
+    client.log_batch(
         run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
         params=[Param(k, str(v)) for k, v in params.items()],
     )
-    write_json(json_path, result)
-    mlflow_client.log_artifact(run_id, str(json_path))
-    if result.report_html:
-        mlflow_client.log_artifact(run_id, result.report_html)
-    mlflow_client.set_terminated(run_id)
     return run_id
+
+
+def finish_monitoring_run(registry: Registry, run_id: str, result: DriftResult, json_path: Path) -> None:
+    """drift.json and the HTML report as the run's artifacts; the run ends."""
+    client = registry.client()
+    client.log_artifact(run_id, str(json_path))
+    if result.report_html and Path(result.report_html).is_file():
+        client.log_artifact(run_id, result.report_html)
+    client.set_terminated(run_id)

@@ -8,16 +8,15 @@ is appended in the production-log format; `serving` is not needed and not import
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from lensops import registry
-from lensops.production_log import ProductionLogWriter
-from lensops.settings import Settings
+from lensops.core.production_log import ProductionLogWriter
+from lensops.core.registry import Registry
+from lensops.core.settings import Settings
 
 
 def replay(
@@ -36,28 +35,25 @@ def replay(
 
     from data.transforms import decode, eval_transform, image_stats, to_rgb
 
-    uri = registry.resolve(settings, model)
-    version = registry.version_of(settings, uri)
-    files = registry.download(settings, f"models:/{settings.registry.model_name}/{version}")
-    network = registry.load_network(files.folder)
-    transform = eval_transform(files.spec)
+    with Registry.of(settings).open(model) as version:
+        network, transform, classes = version.network(), eval_transform(version.spec), version.classes
     log_dir = settings.path(log_dir or settings.monitoring.log_dir)
     rows = []
     with ProductionLogWriter(log_dir, flush_seconds=settings.monitoring.flush_seconds) as log:
         for start in range(0, len(images), batch_size):
             chunk = [Path(p) for p in images[start : start + batch_size]]
-            upright = [to_rgb(decode(p.read_bytes())) for p in chunk]
+            upright = [to_rgb(decode(p.read_bytes())) for p in chunk]  # converted once: stats and tensor share it
             with torch.no_grad():
-                logits, embeddings = network(torch.stack([transform(image) for image in upright]))
+                logits, embeddings = network(torch.stack([transform.from_rgb(image) for image in upright]))
             probabilities = torch.softmax(logits, dim=1).numpy()
             for path, image, p, embedding in zip(chunk, upright, probabilities, embeddings.numpy(), strict=True):
-                predicted = files.classes[int(p.argmax())]
+                predicted = classes[int(p.argmax())]
                 log.append(
                     {
-                        "time": time.time(),
+                        "time": pd.Timestamp.now(tz="UTC"),
                         "request_id": uuid.uuid4().hex,
-                        "model_name": settings.registry.model_name,
-                        "model_version": version,
+                        "model_name": version.name,
+                        "model_version": version.version,
                         "embedding": embedding,
                         "label": predicted,
                         "score": float(p.max()),
@@ -70,7 +66,7 @@ def replay(
                         "label": path.parent.name,
                         "predicted": predicted,
                         "score": float(p.max()),
-                        "version": version,
+                        "version": version.version,
                     }
                 )
     return pd.DataFrame(rows, columns=["path", "label", "predicted", "score", "version"])

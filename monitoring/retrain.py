@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lensops import registry
-from lensops.settings import Settings
+from lensops.core import tags as T
+from lensops.core.registry import TRIGGER_ENV, Registry, who
+from lensops.core.settings import Settings
 
 from .drift import monitoring_experiment
 
@@ -189,13 +190,11 @@ def record_trigger(state_file: Path, **info: Any) -> None:
 # --- the pipeline ----------------------------------------------------------------------------
 
 
-def latest_version(settings: Settings) -> str | None:
+def latest_version(registry: Registry) -> str | None:
     import mlflow
 
-    mlflow_client = registry.client(settings)
-    name = settings.registry.model_name
     try:
-        versions = mlflow_client.search_model_versions(f"name = '{name}'")
+        versions = registry.client().search_model_versions(f"name = '{registry.model_name}'")
     except mlflow.exceptions.MlflowException:
         return None
     return str(max(int(v.version) for v in versions)) if versions else None
@@ -227,7 +226,7 @@ def retrain(
             except RetrainSkipped as e:
                 return RetrainResult(SKIPPED, str(e), drift_run_id=drift_run_id)
         # Recorded before the pipeline runs: a pipeline that keeps failing still cools down.
-        record_trigger(state_file, reason=reason, drift_run_id=drift_run_id, actor=registry.who())
+        record_trigger(state_file, reason=reason, drift_run_id=drift_run_id, actor=who())
         result = _run_pipeline(settings, reason=reason, drift_run_id=drift_run_id, promote=promote, echo=echo)
         report = state_file.parent / "retrain.json"  # the outcome, for pipelines and the demo
         report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -245,18 +244,12 @@ def _run_pipeline(
     echo: Callable[[str], Any],
 ) -> RetrainResult:
     cfg = settings.retrain
-    mlflow_client = registry.client(settings)
-    tags = {"lensops.stage": "retrain", "lensops.actor": registry.who(), "lensops.retrain.reason": reason}
-    if drift_run_id:
-        tags["lensops.trigger.drift_run_id"] = drift_run_id
-    run = mlflow_client.create_run(monitoring_experiment(settings), run_name="retrain", tags=tags)
-    run_id = run.info.run_id
-    if drift_run_id:
-        mlflow_client.set_tag(drift_run_id, "lensops.retrain_run_id", run_id)
+    registry = Registry.of(settings)
+    run_id = _open_retrain_run(registry, settings, reason, drift_run_id)
     result = RetrainResult(FAILED, "", run_id=run_id, drift_run_id=drift_run_id, command=list(cfg.command))
-    before = latest_version(settings)
+    before = latest_version(registry)
     started = time.perf_counter()
-    env = {**os.environ, registry.TRIGGER_ENV: run_id}
+    env = {**os.environ, TRIGGER_ENV: run_id}
     echo(f"retraining: {' '.join(cfg.command)} (MLflow run {run_id})")
     try:
         completed = subprocess.run(cfg.command, cwd=settings.root, env=env, timeout=cfg.timeout_seconds, check=False)
@@ -269,24 +262,44 @@ def _run_pipeline(
     if result.returncode is not None and result.returncode != 0:
         result.reason = f"{' '.join(cfg.command)} exited with {result.returncode}"
     if result.returncode == 0:
-        _decide(settings, result, before, reason=reason, promote=promote)
-    mlflow_client.set_tag(run_id, "lensops.retrain.outcome", result.outcome)
-    mlflow_client.set_tag(run_id, "lensops.retrain.detail", result.reason[:5000])
+        _decide(settings, registry, result, before, reason=reason, promote=promote)
+    _close_retrain_run(registry, result)
+    return result
+
+
+def _open_retrain_run(registry: Registry, settings: Settings, reason: str, drift_run_id: str | None) -> str:
+    """The retrain run in the monitoring experiment, linked both ways to the drift run that triggered it."""
+    client = registry.client()
+    tags = {T.STAGE: "retrain", T.ACTOR: who(), T.RETRAIN_REASON: reason}
+    if drift_run_id:
+        tags[T.DRIFT_RUN] = drift_run_id
+    run_id = client.create_run(monitoring_experiment(registry, settings), run_name="retrain", tags=tags).info.run_id
+    if drift_run_id:
+        client.set_tag(drift_run_id, T.RETRAIN_RUN, run_id)
+    return run_id
+
+
+def _close_retrain_run(registry: Registry, result: RetrainResult) -> None:
+    """The outcome and its links as tags, retrain.json as an artifact; FAILED when the pipeline failed."""
+    client = registry.client()
+    tags = {T.RETRAIN_OUTCOME: result.outcome, T.RETRAIN_DETAIL: result.reason[:5000]}
     for key, value in (
-        ("lensops.model_version", result.version),
-        ("lensops.training_run_id", result.training_run_id),
-        ("lensops.review_verdict", result.review_verdict),
+        (T.MODEL_VERSION, result.version),
+        (T.TRAINING_RUN, result.training_run_id),
+        (T.REVIEW_VERDICT, result.review_verdict),
     ):
         if value:
-            mlflow_client.set_tag(run_id, key, value)
-    mlflow_client.log_metric(run_id, "pipeline_seconds", result.seconds)
-    mlflow_client.log_dict(run_id, result.to_dict(), "retrain.json")
-    mlflow_client.set_terminated(run_id, "FAILED" if result.outcome == FAILED else "FINISHED")
-    return result
+            tags[key] = value
+    for key, value in tags.items():
+        client.set_tag(result.run_id, key, value)
+    client.log_metric(result.run_id, "pipeline_seconds", result.seconds)
+    client.log_dict(result.run_id, result.to_dict(), "retrain.json")
+    client.set_terminated(result.run_id, "FAILED" if result.outcome == FAILED else "FINISHED")
 
 
 def _decide(
     settings: Settings,
+    registry: Registry,
     result: RetrainResult,
     before: str | None,
     *,
@@ -294,9 +307,7 @@ def _decide(
     promote: Callable[[str, str], Any] | None,
 ) -> None:
     """After a successful pipeline: find the new version and its review, then promote or hold."""
-    mlflow_client = registry.client(settings)
-    name = settings.registry.model_name
-    version = latest_version(settings)
+    version = latest_version(registry)
     if version is None or version == before:
         result.outcome = NO_NEW_VERSION
         result.reason = (
@@ -304,12 +315,12 @@ def _decide(
             "add the new labelled data to data/raw and version it first"
         )
         return
-    tags = mlflow_client.get_model_version(name, version).tags
+    handle = registry.open(version)
     result.version = version
-    result.training_run_id = tags.get("lensops.run_id")
-    result.review_verdict = tags.get("lensops.review.verdict")
+    result.training_run_id = handle.run_id
+    result.review_verdict = handle.tags.get(T.REVIEW_VERDICT)
     if result.review_verdict != "promote":
-        failed = tags.get("lensops.review.failed_gates") or "no review recorded for it"
+        failed = handle.tags.get(T.REVIEW_FAILED_GATES) or "no review recorded for it"
         result.outcome, result.reason = HELD, f"v{version} held: review {result.review_verdict or 'missing'} ({failed})"
         return
     if not (settings.retrain.promote and promote):

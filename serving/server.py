@@ -5,25 +5,19 @@ from __future__ import annotations
 import signal
 import threading
 
-from lensops import registry
-from lensops.compute import ensure_ray
-from lensops.settings import Settings
+from lensops.core.compute import ensure_ray
+from lensops.core.errors import UsageError
+from lensops.core.registry import Registry
+from lensops.core.settings import Settings
 
 
-class ServeError(ValueError):
-    """The model reference does not resolve; the message lists what exists."""
+class ServeError(UsageError):
+    """The server cannot start as asked (an unknown model, a GPU that is not there)."""
 
 
 def check_model(settings: Settings, model_ref: str | None) -> str:
-    """The version the ref points at now, or ServeError naming what exists."""
-    import mlflow
-
-    uri = registry.resolve(settings, model_ref or settings.serve.model, alias=registry.CHAMPION)
-    try:
-        return registry.version_of(settings, uri)
-    except (mlflow.exceptions.MlflowException, IndexError):
-        hint = " (promote one with `lensops promote`)" if "@champion" in uri else ""
-        raise ServeError(f"{uri} does not resolve{hint}: {registry.existing_refs(settings)}") from None
+    """The version the ref points at now; UnknownModelError naming what exists."""
+    return Registry.of(settings).resolve(model_ref or settings.serve.model)
 
 
 def start(

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from lensops.compute import ray_environment
+    from lensops.core.compute import ray_environment
 
     ray_environment()  # before any test starts Ray (the session's, or a test's own cluster), as lensops does
 
@@ -99,7 +99,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        # The dashboard holds the state API that Ray Train's placement-group cleaner needs (see lensops.compute).
+        # The dashboard holds the state API that Ray Train's placement-group cleaner needs (see lensops.core.compute).
         ray.init(
             num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False
         )
@@ -110,9 +110,9 @@ def ray_session():
 @pytest.fixture(scope="session")
 def digits_project(tmp_path_factory) -> Path:
     """A prepared project of three digit classes at 16x16, built once per session."""
-    from data.demo import write_digits
+    from data.digits import write_digits
     from data.prepare import prepare_dataset
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
 
     root = tmp_path_factory.mktemp("digits_project")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
@@ -129,3 +129,10 @@ def project_copy(digits_project: Path, dest: Path) -> Path:
     """A private copy of the prepared project (its own mlruns/ and ray_results/)."""
     shutil.copytree(digits_project, dest, ignore=shutil.ignore_patterns("mlruns", "ray_results", "reports", "metrics"))
     return dest
+
+
+def mlflow_client(settings):
+    """An MLflow client on the project's own store, as lensops reaches it (no process-global URI)."""
+    from lensops.core.registry import Registry
+
+    return Registry.of(settings).client()

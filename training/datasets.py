@@ -106,7 +106,8 @@ def stats_of(frame: pd.DataFrame, raw: Path) -> pd.DataFrame:
 
 def load_images(frame: pd.DataFrame, raw: Path, spec: PreprocessingSpec) -> np.ndarray:
     """The evaluation transform over manifest rows, in process (for evaluation and the baseline)."""
-    return DecodeBatch(str(raw), spec.model_dump(), None)(frame)["image"]
+    decoder = DecodeBatch(str(raw), spec.model_dump(), None)
+    return np.stack([decoder.image(p) for p in frame["path"]]).astype(np.float32)
 
 
 # --- the alternative input path: a plain torch DataLoader inside each worker ------------------

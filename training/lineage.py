@@ -8,7 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lensops.settings import Settings
+from lensops.core import tags as T
+from lensops.core.settings import Settings
 
 
 def git_commit(root: Path) -> str:
@@ -43,7 +44,7 @@ def params_hash(settings: Settings) -> str:
 
 def lineage_tags(settings: Settings, prepared: Path) -> dict[str, str]:
     return {
-        "lensops.git_commit": git_commit(settings.root),
-        "lensops.data_hash": dvc_hash(prepared),
-        "lensops.params_hash": params_hash(settings),
+        T.GIT_COMMIT: git_commit(settings.root),
+        T.DATA_HASH: dvc_hash(prepared),
+        T.PARAMS_HASH: params_hash(settings),
     }

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lensops.settings import TrainSettings
+from lensops.core.settings import TrainSettings
 
 from .models import create_model
 
@@ -151,53 +151,67 @@ def _input(config: dict[str, Any], cfg: TrainSettings, rank: int):
     return from_ray_data
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
+def _setup(config: dict[str, Any], cfg: TrainSettings):
+    """The model on this worker's device (wrapped for DDP), its optimizer, schedule and loss."""
     import ray.train.torch
 
-    cfg = TrainSettings.model_validate(config["train"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    config["world_size"] = context.get_world_size()
     seed_everything(cfg.seed)  # same seed on every rank: identical initial weights before DDP's broadcast
-
     device = ray.train.torch.get_device()
-    channels_last = device.type == "cuda"
     model = create_model(cfg.model, config["num_classes"], weights=cfg.weights, dropout=cfg.dropout)
-    if channels_last:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     optimizer = make_optimizer(plain, cfg)
     schedule = make_schedule(optimizer, cfg, config["steps_per_epoch"])
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    return device, model, plain, optimizer, schedule
 
-    start_epoch, best, stale = 0, -1.0, 0
+
+def _resume(plain, optimizer, schedule, device, cfg: TrainSettings) -> tuple[int, float, int]:
+    """(first epoch, best val accuracy, epochs without improvement) after the last checkpoint, if there is one."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a restarted or resumed run: continue after the last finished epoch
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-        plain.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-        seed_everything(cfg.seed + start_epoch)  # fresh augmentation order, not a replay of epoch 0
+    if not checkpoint:
+        return 0, -1.0, 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+    plain.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    seed_everything(cfg.seed + state["epoch"] + 1)  # fresh augmentation order, not a replay of epoch 0
+    return state["epoch"] + 1, state["best"], state["stale"]
 
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Every epoch is reported with a checkpoint (Ray keeps the best k by val_accuracy), so a failure
+    costs at most the epoch in flight. Only rank 0 writes one: the weights are identical on every rank."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if state is not None:
+            torch.save(state, os.path.join(folder, STATE_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    cfg = TrainSettings.model_validate(config["train"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    config["world_size"] = context.get_world_size()
+    device, model, plain, optimizer, schedule = _setup(config, cfg)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start_epoch, best, stale = _resume(plain, optimizer, schedule, device, cfg)
     batches = _input(config, cfg, rank)
+    common = {"device": device, "criterion": criterion, "cfg": cfg, "channels_last": device.type == "cuda"}
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_fail(config, epoch, rank)
-        train = run_epoch(
-            model,
-            batches("train", epoch),
-            device,
-            optimizer=optimizer,
-            schedule=schedule,
-            criterion=criterion,
-            cfg=cfg,
-            channels_last=channels_last,
-        )
-        val = run_epoch(model, batches("val", epoch), device, criterion=criterion, cfg=cfg, channels_last=channels_last)
-
+        train = run_epoch(model, batches("train", epoch), optimizer=optimizer, schedule=schedule, **common)
+        val = run_epoch(model, batches("val", epoch), **common)
         improved = val["accuracy"] > best
         best, stale = (val["accuracy"], 0) if improved else (best, stale + 1)
         metrics = {
@@ -211,18 +225,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "images_per_second": train["images"] / max(train["seconds"], 1e-9),
             "stop": stale >= cfg.early_stopping_patience,
         }
-        # Every epoch is checkpointed (Ray keeps the best k by val_accuracy), so a failure
-        # costs at most the epoch in flight. Only rank 0 writes: the weights are identical.
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint = None
-            if rank == 0:
-                state = {
-                    "model": plain.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                }
-                torch.save({**state, "epoch": epoch, "best": best, "stale": stale}, os.path.join(folder, STATE_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        state = None
+        if rank == 0:
+            state = {
+                "model": plain.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+            }
+            state.update(epoch=epoch, best=best, stale=stale)
+        _report(metrics, state)
         if metrics["stop"]:
             break

@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lensops.core.errors import UsageError
 
-class ModelError(ValueError):
+
+class ModelError(UsageError):
     """Unknown model name or unusable weights file; the message says what is available."""
 
 

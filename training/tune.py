@@ -10,7 +10,6 @@ metrics and a table of all trials. Tuning registers nothing: train the winner wi
 from __future__ import annotations
 
 import difflib
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,12 +19,14 @@ from typing import Any
 import pandas as pd
 from ray.train import UserCallback
 
-from lensops import registry
-from lensops.compute import ensure_ray
-from lensops.settings import Settings, SettingsError
+from data.figures import pyplot, save
+from lensops.core import tags as T
+from lensops.core.compute import ensure_ray
+from lensops.core.registry import Registry, who
+from lensops.core.settings import Settings, SettingsError
 
-from .loop import train_loop_per_worker
-from .train import TrainingError, load_training_data, loop_config, scaling_config, trainer_datasets
+from .tracking import as_params
+from .trainer import TrainingError, build_trainer, load_training_data, scaling_config
 
 SAMPLERS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "grid": 1}
 OBJECTIVE = "val_accuracy"
@@ -83,12 +84,11 @@ def search_space(settings: Settings) -> dict[str, Any]:
 class _LogEpochs(UserCallback):
     """Runs in the trial's Ray Train controller: each epoch's metrics go to the trial's MLflow run."""
 
-    def __init__(self, uri: str, run_id: str):
-        self.uri, self.run_id = uri, run_id
+    def __init__(self, registry: Registry, run_id: str):
+        self.registry, self.run_id = registry, run_id
 
     def after_report(self, run_context, metrics, checkpoint):
-        registry.use_tracking_uri(self.uri)
-        registry.log_epoch(self.run_id, dict(metrics[0]), synchronous=True)
+        self.registry.log_epoch(self.run_id, dict(metrics[0]), synchronous=True)
 
 
 def _trial(
@@ -96,58 +96,41 @@ def _trial(
     *,
     base: dict[str, Any],
     root: str,
-    uri: str,
+    registry: Registry,
     parent_run_id: str,
     experiment_id: str,
     max_epochs: int,
 ) -> None:
     """One Tune trial: a child MLflow run and a Ray Train run with the sampled settings."""
-    import mlflow
     from ray import tune
     from ray.train import RunConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     settings = Settings.model_validate(base)
     settings._root = Path(root)
     settings = settings.updated({**config, "train.epochs": max_epochs})
     data = load_training_data(settings)
-
-    registry.use_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    context = tune.get_context()
+    client, context = registry.client(), tune.get_context()
     tags = {
         "mlflow.parentRunId": parent_run_id,
-        "lensops.stage": "tune-trial",
-        "lensops.trial_id": context.get_trial_id(),
+        T.STAGE: "tune-trial",
+        T.TUNE_TRIAL_ID: context.get_trial_id(),
+        T.TUNE_SAMPLED: ", ".join(f"{k}={v}" for k, v in config.items()),
     }
-    run = client.create_run(experiment_id, run_name=context.get_trial_name(), tags=tags)
-    client.log_batch(
-        run.info.run_id,
-        params=[
-            mlflow.entities.Param(k, str(v)[:6000])
-            for k, v in registry.flatten(settings.model_dump(mode="json", by_alias=True)).items()
-        ],
+    run_id = client.create_run(experiment_id, run_name=context.get_trial_name(), tags=tags).info.run_id
+    client.log_batch(run_id, params=as_params(settings.model_dump(mode="json", by_alias=True)))
+    run_config = RunConfig(
+        name=f"{parent_run_id}-{context.get_trial_id()}",
+        storage_path=str(settings.path("ray_results") / "tune"),
+        callbacks=[TuneReportCallback(), _LogEpochs(registry, run_id)],
     )
-    client.set_tag(run.info.run_id, "lensops.sampled", ", ".join(f"{k}={v}" for k, v in config.items()))
-
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config(settings, data),
-        scaling_config=scaling_config(settings)[0],
-        datasets=trainer_datasets(settings, data),
-        run_config=RunConfig(
-            name=f"{parent_run_id}-{context.get_trial_id()}",
-            storage_path=str(settings.path("ray_results") / "tune"),
-            callbacks=[TuneReportCallback(), _LogEpochs(uri, run.info.run_id)],
-        ),
-    )
+    trainer = build_trainer(settings, data, run_config)
     try:
         trainer.fit()
     except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run.info.run_id)
+    client.set_terminated(run_id)
 
 
 def tune_command_line(best: dict[str, Any]) -> str:
@@ -157,55 +140,70 @@ def tune_command_line(best: dict[str, Any]) -> str:
 
 
 def tune(settings: Settings, *, progress: bool = True) -> TuneResult:
-    import mlflow
+    space = search_space(settings)
+    data = load_training_data(settings)  # fails fast on a missing dataset or a bad augmentation
+    ensure_ray()
+    scaling_config(settings)  # fails fast on use_gpu without GPUs
+    registry = Registry.of(settings)
+    experiment_id = registry.experiment_id(settings.registry.experiment)
+    parent_id = _open_parent(registry, settings, experiment_id, data.classes)
+    tuner = _tuner(settings, space, registry, parent_id, experiment_id, progress=progress)
+    client = registry.client()
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        client.set_terminated(parent_id, status="FAILED")
+        raise
+    trials = _trial_table(grid, list(space))
+    if trials.dropna(subset=[OBJECTIVE]).empty:
+        client.set_terminated(parent_id, status="FAILED")
+        errors = [str(r.error)[:300] for r in grid if r.error]
+        raise TrainingError("no trial reported a result" + (f"; first error: {errors[0]}" if errors else ""))
+    _close_stopped_trials(client, parent_id, experiment_id)
+    result = _best(grid, trials, list(space), parent_id)
+    _log_outcome(client, result, grid)
+    return result
+
+
+def _open_parent(registry: Registry, settings: Settings, experiment_id: str, classes: list[str]) -> str:
+    """The sweep's MLflow run: the tune settings as params; every trial is its child."""
+    client = registry.client()
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={T.STAGE: "tune", T.ACTOR: who()},
+    )
+    parent_id = parent.info.run_id
+    client.log_batch(parent_id, params=as_params({"tune": settings.tune.model_dump(mode="json")}))
+    client.log_dict(parent_id, {"classes": classes}, "classes.json")
+    return parent_id
+
+
+def _tuner(settings: Settings, space, registry: Registry, parent_id: str, experiment_id: str, *, progress: bool):
+    """A Tuner whose trials are Ray Train runs, stopped early by ASHA."""
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
-    space = search_space(settings)
-    data = load_training_data(settings)  # fails fast on a missing dataset or a bad augmentation
     cfg = settings.tune
-    ensure_ray()
-    scaling_config(settings)  # fails fast on use_gpu without GPUs
-
-    registry.client(settings)
-    uri = mlflow.get_tracking_uri()
-    experiment_id = registry.experiment_id(settings)
-    parent = mlflow.MlflowClient().create_run(
-        experiment_id,
-        run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"lensops.stage": "tune", "lensops.actor": registry.who()},
-    )
-    parent_id = parent.info.run_id
-    client = mlflow.MlflowClient()
-    client.log_batch(
-        parent_id,
-        params=[
-            mlflow.entities.Param(k, str(v)[:6000])
-            for k, v in registry.flatten({"tune": cfg.model_dump(mode="json")}).items()
-        ],
-    )
-    client.log_dict(parent_id, {"classes": data.classes}, "classes.json")
-
     trainable = ray_tune.with_parameters(
         _trial,
         base=settings.model_dump(mode="json", by_alias=True),
         root=str(settings.root),
-        uri=uri,
+        registry=registry,
         parent_run_id=parent_id,
         experiment_id=experiment_id,
         max_epochs=cfg.max_epochs,
     )
     # The trial's own process only waits on its Ray Train run: it needs next to no CPU.
     trainable = ray_tune.with_resources(trainable, {"CPU": 0.01})
-    tuner = ray_tune.Tuner(
+    grace = min(cfg.grace_period, cfg.max_epochs)
+    return ray_tune.Tuner(
         trainable,
         param_space=space,
         tune_config=ray_tune.TuneConfig(
             metric=OBJECTIVE,
             mode="max",
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration", max_t=cfg.max_epochs, grace_period=min(cfg.grace_period, cfg.max_epochs)
-            ),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.max_epochs, grace_period=grace),
             num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent,
             reuse_actors=False,  # a fresh process per trial: Ray Train state does not carry over between trials
@@ -216,42 +214,31 @@ def tune(settings: Settings, *, progress: bool = True) -> TuneResult:
             verbose=1 if progress else 0,
         ),
     )
-    try:
-        grid = tuner.fit()
-    except BaseException:
-        client.set_terminated(parent_id, status="FAILED")
-        raise
 
-    trials = _trial_table(grid, list(space))
-    completed = trials.dropna(subset=[OBJECTIVE])
-    if completed.empty:
-        client.set_terminated(parent_id, status="FAILED")
-        errors = [str(r.error)[:300] for r in grid if r.error]
-        raise TrainingError("no trial reported a result" + (f"; first error: {errors[0]}" if errors else ""))
+
+def _best(grid, trials: pd.DataFrame, keys: list[str], parent_id: str) -> TuneResult:
     best_result = grid.get_best_result(metric=OBJECTIVE, mode="max", scope="all")
-    best_config = {k: best_result.config[k] for k in space}
-    best_metrics = {
-        k: float(v)
-        for k, v in best_result.metrics.items()
-        if k in ("val_accuracy", "val_loss", "train_loss", "train_accuracy", "best_val_accuracy")
-    }
-    best_metrics["best_val_accuracy"] = float(completed[OBJECTIVE].max())
-    _close_stopped_trials(client, parent_id, experiment_id)
-    command = tune_command_line(best_config)
+    best_config = {k: best_result.config[k] for k in keys}
+    wanted = ("val_accuracy", "val_loss", "train_loss", "train_accuracy", "best_val_accuracy")
+    best_metrics = {k: float(v) for k, v in best_result.metrics.items() if k in wanted}
+    best_metrics["best_val_accuracy"] = float(trials[OBJECTIVE].max())
+    return TuneResult(parent_id, best_config, best_metrics, trials, tune_command_line(best_config))
 
-    for key, value in best_metrics.items():
-        client.log_metric(parent_id, f"best_{key}" if not key.startswith("best_") else key, value)
-    client.log_dict(
-        parent_id, {"best_config": best_config, "metrics": best_metrics, "command": command}, "best_config.json"
-    )
+
+def _log_outcome(client, result: TuneResult, grid) -> None:
+    """The best config, its metrics, the trials table and chart, and the winner's command, on the parent run."""
+    parent_id = result.parent_run_id
+    for key, value in result.best_metrics.items():
+        client.log_metric(parent_id, key if key.startswith("best_") else f"best_{key}", value)
+    summary = {"best_config": result.best_config, "metrics": result.best_metrics, "command": result.command}
+    client.log_dict(parent_id, summary, "best_config.json")
     with tempfile.TemporaryDirectory() as scratch:
         table = Path(scratch) / "trials.csv"
-        trials.to_csv(table, index=False)
+        result.trials.to_csv(table, index=False)
         client.log_artifact(parent_id, str(table))
         client.log_artifact(parent_id, str(_plot_trials(grid, Path(scratch) / "trials.png")))
-    client.set_tag(parent_id, "lensops.best_command", command)
+    client.set_tag(parent_id, T.TUNE_BEST_COMMAND, result.command)
     client.set_terminated(parent_id)
-    return TuneResult(parent_id, best_config, best_metrics, trials, command)
 
 
 def _trial_table(grid, keys: list[str]) -> pd.DataFrame:
@@ -281,19 +268,13 @@ def _close_stopped_trials(client, parent_id: str, experiment_id: str) -> None:
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
     )
     for run in children:
-        client.set_tag(run.info.run_id, "lensops.stopped_by", "ASHA")
+        client.set_tag(run.info.run_id, T.TUNE_STOPPED_BY, "ASHA")
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _plot_trials(grid, path: Path) -> Path:
     """Validation accuracy per epoch for every trial: where ASHA cut each one off."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:  # files only; a notebook keeps its own backend
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(6, 3.6), dpi=110)
     for result in grid:
         frame = result.metrics_dataframe
         if frame is None or OBJECTIVE not in frame:
@@ -306,7 +287,4 @@ def _plot_trials(grid, path: Path) -> Path:
     ax.set(xlabel="epoch", ylabel=OBJECTIVE, title="trials (a line that ends early was stopped by ASHA)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

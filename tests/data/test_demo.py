@@ -1,9 +1,9 @@
 import hashlib
 
-from data.demo import write_digits
+from data.digits import write_digits
 from data.manifest import build_manifest
 from data.validation import validate_manifest
-from lensops.settings import ValidateSettings
+from lensops.core.settings import ValidateSettings
 
 
 def digest(folder):

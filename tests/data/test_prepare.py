@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from data.prepare import DatasetInvalidError, load_prepared, prepare_dataset
-from lensops.settings import load_settings
+from lensops.core.settings import load_settings
 
 
 def test_prepare_writes_manifest_classes_and_metrics(good_raw, project):

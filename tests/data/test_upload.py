@@ -10,7 +10,7 @@ from PIL import Image
 
 from data.transforms import eval_transform
 from data.upload import UploadRejected, read_upload
-from lensops.settings import PreprocessingSpec
+from lensops.core.settings import PreprocessingSpec
 from tests.imagefactory import encode, noise_image, png_bomb, truncated
 
 JPEG = encode(noise_image(1, (64, 48)), "JPEG")

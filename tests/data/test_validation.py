@@ -8,7 +8,7 @@ from PIL import Image
 
 from data.manifest import build_manifest, read_manifest
 from data.validation import validate_dataset, validate_manifest
-from lensops.settings import ValidateSettings, load_settings
+from lensops.core.settings import ValidateSettings, load_settings
 from tests.imagefactory import encode, noise_image, png_bomb, truncated
 
 CFG = ValidateSettings()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_TRAINING_FAST_INPUT, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, mlflow_client, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ SMALL = [*TINY_TRAINING_FAST_INPUT, "drift.min_records=40", "drift.report_sample
 @pytest.fixture(scope="module")
 def monitored(ray_session, digits_project, tmp_path_factory):
     """A trained, promoted `tiny` model and its held-out images, clean and shifted."""
-    from data.demo import write_traffic
-    from lensops.settings import load_settings
+    from data.digits import write_traffic
+    from lensops.core.settings import load_settings
     from training.promotion import promote
     from training.train import train
 
@@ -73,8 +73,6 @@ def test_clean_held_out_traffic_is_not_drift_over_seeds(monitored, tmp_path):
 
 
 def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, cli, monkeypatch):
-    import mlflow
-
     settings = monitored
     monkeypatch.chdir(settings.root)
     accuracy = write_log(settings, images_of(settings.root, "shifted"), settings.path("reports/production_log"))
@@ -92,10 +90,11 @@ def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, 
     html = (settings.root / "reports" / "drift" / "drift.html").read_text()
     assert len(html) > 10_000 and "embedding" in html  # Evidently's report, self-contained
 
-    run = mlflow.MlflowClient().get_run(report["run_id"])
-    assert run.data.tags["lensops.model_version"] == "1" and run.data.tags["lensops.stage"] == "drift"
+    client = mlflow_client(settings)
+    run = client.get_run(report["run_id"])
+    assert run.data.tags["lensops.model.version"] == "1" and run.data.tags["lensops.stage"] == "drift"
     assert run.data.metrics["score"] == pytest.approx(report["score"])
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(report["run_id"])}
+    artifacts = {a.path for a in client.list_artifacts(report["run_id"])}
     assert {"drift.json", "drift.html"} <= artifacts
 
     # --retrain: drift found, so the retraining pipeline runs, linked both ways in MLflow.
@@ -105,9 +104,9 @@ def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, 
     )
     assert again.exit_code == 4 and "retrain: no_new_version" in again.output, again.output
     drift_run_id = json.loads((settings.root / "reports" / "drift" / "drift.json").read_text())["run_id"]
-    retrain_run_id = mlflow.MlflowClient().get_run(drift_run_id).data.tags["lensops.retrain_run_id"]
-    retrain_run = mlflow.MlflowClient().get_run(retrain_run_id)
-    assert retrain_run.data.tags["lensops.trigger.drift_run_id"] == drift_run_id
+    retrain_run_id = client.get_run(drift_run_id).data.tags["lensops.link.retrain_run"]
+    retrain_run = client.get_run(retrain_run_id)
+    assert retrain_run.data.tags["lensops.link.drift_run"] == drift_run_id
     assert retrain_run.data.tags["lensops.retrain.outcome"] == "no_new_version"
 
 
@@ -141,7 +140,7 @@ def test_bad_drift_arguments_are_usage_errors(monitored, cli, monkeypatch):
 
 
 def _settings(project: Path, *overrides: str):
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
 
     command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
     return load_settings(project / "params.yaml", [f"retrain.command={command}", *overrides])
@@ -192,13 +191,11 @@ def test_cooldown_between_triggers_and_force(project, cli):
 
 
 def test_a_failing_pipeline_is_reported_and_recorded(project):
-    import mlflow
-
     settings = _settings(project, "retrain.cooldown_seconds=0")
     failing = settings.updated({"retrain.command": [sys.executable, "-c", "raise SystemExit(7)"]})
     result = retrain_with(failing)
     assert result.outcome == "failed" and result.returncode == 7 and result.exit_code == 1
-    run = mlflow.MlflowClient().get_run(result.run_id)
+    run = mlflow_client(settings).get_run(result.run_id)
     assert run.info.status == "FAILED" and run.data.tags["lensops.retrain.outcome"] == "failed"
     missing = settings.updated({"retrain.command": ["no-such-lensops-tool"]})
     assert "not found" in retrain_with(missing).reason

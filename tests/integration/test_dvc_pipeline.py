@@ -91,9 +91,8 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     for code in (REPO / "data").glob("*.py"):
         shutil.copy(code, root / "data" / code.name)
-    shutil.copytree(REPO / "training", root / "training", ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "lensops").mkdir()
-    shutil.copy(REPO / "lensops" / "registry.py", root / "lensops" / "registry.py")
+    for package in ("training", "lensops"):  # whole packages: Ray workers import from this folder too
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     # Training shrunk to seconds, fed by a DataLoader per worker (Ray Data's start-up is most of
     # a two-epoch run; test_training covers that path); `make demo` itself runs the full 15 epochs.
     params = (root / "params.yaml").read_text().replace("epochs: 15", "epochs: 2").replace("size: 32", "size: 16")
@@ -109,7 +108,7 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     sh(root, "git", "init", "-q")
     env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        sh(root, sys.executable, "-m", "lensops.demo")
+        sh(root, sys.executable, "-m", "lensops.closed_loop")
     finally:
         if env_uri:
             os.environ["MLFLOW_TRACKING_URI"] = env_uri
@@ -144,15 +143,15 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     retrain = summary["retrain"]
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     retrain_run = client.get_run(retrain["run_id"])
-    assert retrain_run.data.tags["lensops.trigger.drift_run_id"] == summary["drift_shifted"]["run_id"]
-    assert retrain_run.data.tags["lensops.training_run_id"] == retrain["training_run_id"]
-    assert client.get_run(summary["drift_shifted"]["run_id"]).data.tags["lensops.retrain_run_id"] == retrain["run_id"]
-    assert client.get_run(retrain["training_run_id"]).data.tags["lensops.trigger_run_id"] == retrain["run_id"]
-    assert client.get_model_version("digits", "2").tags["lensops.trigger_run_id"] == retrain["run_id"]
+    assert retrain_run.data.tags["lensops.link.drift_run"] == summary["drift_shifted"]["run_id"]
+    assert retrain_run.data.tags["lensops.link.training_run"] == retrain["training_run_id"]
+    assert client.get_run(summary["drift_shifted"]["run_id"]).data.tags["lensops.link.retrain_run"] == retrain["run_id"]
+    assert client.get_run(retrain["training_run_id"]).data.tags["lensops.link.retrain_run"] == retrain["run_id"]
+    assert client.get_model_version("digits", "2").tags["lensops.link.retrain_run"] == retrain["run_id"]
 
     # SIGTERM stops `lensops serve` cleanly too, and no production-log record is lost on the way.
-    from lensops.demo import serve_check
-    from lensops.production_log import read_log
+    from lensops.client import serve_check
+    from lensops.core.production_log import read_log
 
     logged = len(read_log(root / "reports" / "production_log"))
     assert logged == 10 + sum(t["requests"] for t in traffic.values())

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def gpu_trained(ray_session, digits_project, tmp_path_factory):
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
     from training.train import train
 
     root = project_copy(digits_project, tmp_path_factory.mktemp("gpu") / "project")
@@ -31,14 +31,14 @@ def gpu_trained(ray_session, digits_project, tmp_path_factory):
 
 
 def test_training_on_the_gpu_registers_a_version_that_loads_anywhere(gpu_trained):
-    from lensops import registry
+    from lensops.core.registry import Registry
 
     settings, result = gpu_trained
     assert result.extra["use_gpu"] is True
     assert result.test_metrics["accuracy"] > 0.5  # three classes: better than chance after three epochs
-    files = registry.download(settings, f"models:/tiny/{result.model_version}")
-    on_cpu = registry.load_network(files.folder)  # exported on the CPU: loads without a GPU
-    on_gpu = registry.load_network(files.folder, device="cuda")
+    with Registry.of(settings).open(result.model_version) as files:
+        on_cpu = files.network()  # exported on the CPU: loads without a GPU
+        on_gpu = files.network(device="cuda")
     images = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         cpu_logits, _ = on_cpu(images)
@@ -51,7 +51,7 @@ def test_serving_on_a_gpu_replica_answers_as_the_offline_path(gpu_trained):
     from ray import serve
 
     from data.prepare import load_prepared
-    from lensops import registry
+    from lensops.core.registry import Registry
     from serving.server import start
     from training.datasets import load_images, split_frame
     from training.promotion import promote
@@ -69,9 +69,8 @@ def test_serving_on_a_gpu_replica_answers_as_the_offline_path(gpu_trained):
 
         manifest, classes, raw = load_prepared(settings.path(settings.data.prepared))
         test = split_frame(manifest, "test").head(8)
-        files = registry.download(settings, "models:/tiny@champion")
-        with torch.no_grad():
-            logits, _ = registry.load_network(files.folder)(torch.from_numpy(load_images(test, raw, files.spec)))
+        with Registry.of(settings).open("@champion") as files, torch.no_grad():
+            logits, _ = files.network()(torch.from_numpy(load_images(test, raw, files.spec)))
         expected = torch.softmax(logits, dim=1).numpy()
         for row, path in enumerate(test.path):
             answer = requests.post(f"{url}/predict?top_k=3", data=(raw / path).read_bytes(), timeout=30).json()

@@ -7,10 +7,9 @@ import re
 import shutil
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from tests.conftest import TINY_TRAINING_FAST_INPUT, Cli, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, Cli, mlflow_client, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +26,7 @@ GATES = [
 @pytest.fixture(scope="module")
 def registry_project(ray_session, digits_project, tmp_path_factory):
     """Three versions of `tiny`: v1 and v2 trained well (different seeds), v3 broken on purpose."""
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
     from training.train import train
 
     root = project_copy(digits_project, tmp_path_factory.mktemp("review") / "project")
@@ -41,12 +40,18 @@ def lensops(root: Path, *args: str):
     return Cli()("--params", str(root / "params.yaml"), *args, *overrides)
 
 
-def version_tags(version: str) -> dict[str, str]:
-    return mlflow.MlflowClient().get_model_version("tiny", version).tags
+def client(root: Path):
+    from lensops.core.settings import load_settings
+
+    return mlflow_client(load_settings(root / "params.yaml", TINY_TRAINING_FAST_INPUT))
 
 
-def aliases() -> dict[str, str]:
-    return {k: str(v) for k, v in mlflow.MlflowClient().get_registered_model("tiny").aliases.items()}
+def version_tags(root: Path, version: str) -> dict[str, str]:
+    return client(root).get_model_version("tiny", version).tags
+
+
+def aliases(root: Path) -> dict[str, str]:
+    return {k: str(v) for k, v in client(root).get_registered_model("tiny").aliases.items()}
 
 
 def test_review_promote_rollback(registry_project):
@@ -61,11 +66,11 @@ def test_review_promote_rollback(registry_project):
     page = (root / "r1" / "review.html").read_text()
     assert "verdict: <b" in page and f"{report['challenger']['accuracy']:.4f}" in page
     assert page.count("data:image/png;base64,") >= 2  # confusion matrices and reliability, embedded
-    assert version_tags("1")["lensops.review.verdict"] == "promote"
+    assert version_tags(root, "1")["lensops.review.verdict"] == "promote"
 
     assert lensops(root, "promote", "1").exit_code == 0
-    assert aliases()["champion"] == "1" and "previous" not in aliases()
-    tags = version_tags("1")
+    assert aliases(root)["champion"] == "1" and "previous" not in aliases(root)
+    tags = version_tags(root, "1")
     assert (
         tags["lensops.champion.set_by"]
         and tags["lensops.champion.set_at"]
@@ -88,18 +93,18 @@ def test_review_promote_rollback(registry_project):
     assert "max_class_recall_drop" in result.output and "verdict" in result.output
 
     assert lensops(root, "promote", "2", "--reason", "better digits").exit_code == 0
-    assert aliases()["champion"] == "2" and aliases()["previous"] == "1"
-    assert version_tags("2")["lensops.champion.reason"] == "better digits"
+    assert aliases(root)["champion"] == "2" and aliases(root)["previous"] == "1"
+    assert version_tags(root, "2")["lensops.champion.reason"] == "better digits"
     assert lensops(root, "promote", "2").exit_code == 0  # promoting the champion again changes nothing
 
     result = lensops(root, "rollback", "--reason", "incident 42")
     assert result.exit_code == 0, result.output
-    assert aliases()["champion"] == "1" and aliases()["previous"] == "2"
-    assert version_tags("1")["lensops.champion.reason"] == "incident 42"
+    assert aliases(root)["champion"] == "1" and aliases(root)["previous"] == "2"
+    assert version_tags(root, "1")["lensops.champion.reason"] == "incident 42"
 
     # v2 was reviewed against v1, which is champion again, so it may be promoted again as is.
     assert lensops(root, "promote", "2").exit_code == 0
-    assert aliases()["champion"] == "2"
+    assert aliases(root)["champion"] == "2"
 
     listing = json.loads(lensops(root, "models", "--json").stdout)
     by_version = {row["version"]: row for row in listing}
@@ -127,14 +132,14 @@ def test_broken_challenger_is_held_and_cannot_be_promoted(registry_project):
     )
     assert report["disagreements"] > 0 and (root / "r3" / "disagreements.png").stat().st_size > 0
     assert "<h2>disagreements</h2>" in (root / "r3" / "review.html").read_text()
-    assert version_tags("3")["lensops.review.failed_gates"].split(",") == failed
+    assert version_tags(root, "3")["lensops.review.failed_gates"].split(",") == failed
 
     refused = lensops(root, "promote", "3")
     assert refused.exit_code == 1
     assert "refused" in refused.output and "min_accuracy" in refused.output
     no_reason = lensops(root, "promote", "3", "--force")
     assert no_reason.exit_code == 2 and "--force needs --reason" in no_reason.output
-    champion = aliases()["champion"]
+    champion = aliases(root)["champion"]
     assert champion != "3"  # nothing moved
 
 

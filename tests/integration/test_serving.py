@@ -21,7 +21,7 @@ def served(ray_session, digits_project, tmp_path_factory):
     """A trained, promoted `tiny` model behind the real application; stopped by this fixture."""
     from ray import serve
 
-    from lensops.settings import load_settings
+    from lensops.core.settings import load_settings
     from serving.server import start
     from training.promotion import promote
     from training.train import train
@@ -60,15 +60,13 @@ def _test_images(settings, n: int = 12):
 
 
 def test_answers_match_the_offline_evaluation_path(served):
-    from lensops import registry
+    from lensops.core.registry import Registry
     from training.datasets import load_images
 
     settings, url = served
     test, raw = _test_images(settings)
-    files = registry.download(settings, "models:/tiny@champion")
-    network = registry.load_network(files.folder)
-    with torch.no_grad():
-        logits, _ = network(torch.from_numpy(load_images(test, raw, files.spec)))
+    with Registry.of(settings).open("@champion") as files, torch.no_grad():
+        logits, _ = files.network()(torch.from_numpy(load_images(test, raw, files.spec)))
     expected = torch.softmax(logits, dim=1).numpy()
     for row, path in enumerate(test.path):
         answer = requests.post(
@@ -141,7 +139,7 @@ def test_parameters_model_route_and_metrics(served):
 
 
 def test_production_log_has_one_record_per_successful_answer(served):
-    from lensops.production_log import read_log
+    from lensops.core.production_log import read_log
 
     settings, url = served
     folder = settings.path(settings.monitoring.log_dir)

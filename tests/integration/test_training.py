@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lensops.settings import load_settings
-from tests.conftest import TINY_TRAINING, TINY_TRAINING_FAST_INPUT, free_port, project_copy
+from lensops.core.settings import load_settings
+from tests.conftest import TINY_TRAINING, TINY_TRAINING_FAST_INPUT, free_port, mlflow_client, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -34,43 +34,44 @@ def trained(ray_session, digits_project, tmp_path_factory):
 
 def test_training_registers_a_challenger_with_its_files(trained):
     settings, result = trained
-    client = mlflow.MlflowClient()
+    client = mlflow_client(settings)
     version = client.get_model_version_by_alias("tiny", "challenger")
     assert str(version.version) == result.model_version
     assert version.run_id == result.run_id  # the version links back to the run that trained it
     tags = version.tags
-    assert tags["lensops.run_id"] == result.run_id
+    assert tags["lensops.link.training_run"] == result.run_id
     assert len(tags["lensops.git_commit"]) >= 7 and tags["lensops.data_hash"].endswith(".dir")
     assert len(tags["lensops.params_hash"]) == 16
     assert tags["lensops.challenger.reason"] == "newly trained"
 
-    from lensops import registry
+    from lensops.core.registry import Registry
 
-    files = registry.download(settings, "models:/tiny@challenger")
-    assert files.classes == ["0", "1", "7"]
-    assert files.spec == settings.train.preprocessing
-    assert files.metrics["test"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
-    baseline = files.baseline()
+    with Registry.of(settings).open("@challenger") as files:
+        assert files.version == result.model_version and files.aliases == ["challenger"]
+        assert files.run_id == result.run_id and files.lineage["data_hash"] == tags["lensops.data_hash"]
+        assert files.classes == ["0", "1", "7"]
+        assert files.spec == settings.train.preprocessing
+        assert files.metrics["test"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+        baseline = files.baseline()
     assert len(baseline) == int((pd.read_parquet(settings.path("data/prepared/manifest.parquet")).split == "val").sum())
     assert {"path", "label", "predicted", "embedding"} <= set(baseline.columns)
     assert len(baseline.embedding.iloc[0]) == 128
 
 
 def test_the_run_is_tracked(trained):
-    _, result = trained
-    run = mlflow.MlflowClient().get_run(result.run_id)
+    settings, result = trained
+    client = mlflow_client(settings)
+    run = client.get_run(result.run_id)
     assert run.data.params["train.model"] == "smallcnn" and run.data.params["train.epochs"] == "2"
     for key in ("train_loss", "val_accuracy", "lr", "images_per_second", "test_accuracy", "test_macro_f1"):
         assert key in run.data.metrics, key
-    history = mlflow.MlflowClient().get_metric_history(result.run_id, "val_loss")
+    history = client.get_metric_history(result.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.source
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     expected = {"confusion_matrix.png", "learning_curves.png", "per_class_metrics.csv", "augmentation_preview.png"}
     assert expected | {"augmentation.json", "test_predictions.csv", "metrics.json", "classes.json"} <= artifacts
-    augmentation = json.loads(
-        Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="augmentation.json")).read_text()
-    )
+    augmentation = json.loads(Path(client.download_artifacts(result.run_id, "augmentation.json")).read_text())
     assert [t["__class_fullname__"] for t in augmentation["transform"]["transforms"]] == [
         "Affine",
         "RandomBrightnessContrast",
@@ -96,11 +97,10 @@ def test_tiny_model_learns_something(trained):
 LOAD_SCRIPT = """
 import sys
 import mlflow, torch
-mlflow.set_tracking_uri(sys.argv[1])
-model = mlflow.pytorch.load_model(sys.argv[2])
-images = torch.load(sys.argv[3], weights_only=True)
+model = mlflow.pytorch.load_model(sys.argv[1])  # MLFLOW_TRACKING_URI names the store
+images = torch.load(sys.argv[2], weights_only=True)
 logits, embedding = model(images)
-torch.save({"logits": logits.detach(), "embedding": embedding.detach()}, sys.argv[4])
+torch.save({"logits": logits.detach(), "embedding": embedding.detach()}, sys.argv[3])
 assert not {"lensops", "data", "training"} & set(sys.modules), "loaded project code"
 """
 
@@ -108,7 +108,7 @@ assert not {"lensops", "data", "training"} & set(sys.modules), "loaded project c
 def test_registered_model_in_a_fresh_process_reproduces_evaluation(trained, tmp_path):
     """mlflow + torch alone load the version; through the shared transform it gives the evaluation's answers."""
     from data.prepare import load_prepared
-    from lensops.settings import tracking_uri
+    from lensops.core.settings import tracking_uri
     from training.datasets import load_images, split_frame
 
     settings, result = trained
@@ -121,39 +121,41 @@ def test_registered_model_in_a_fresh_process_reproduces_evaluation(trained, tmp_
         [
             sys.executable,
             str(script),
-            tracking_uri(settings.root),
             "models:/tiny@challenger",
             str(tmp_path / "images.pt"),
             str(tmp_path / "out.pt"),
         ],
         cwd=tmp_path,
         check=True,
-        env={**os.environ, "PYTHONPATH": ""},
+        env={**os.environ, "PYTHONPATH": "", "MLFLOW_TRACKING_URI": tracking_uri(settings.root)},
     )
     out = torch.load(tmp_path / "out.pt", weights_only=True)
-    evaluated = pd.read_csv(
-        mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="test_predictions.csv"), dtype=str
-    )
+    predictions = mlflow_client(settings).download_artifacts(result.run_id, "test_predictions.csv", str(tmp_path))
+    evaluated = pd.read_csv(predictions, dtype=str)
     predicted = [classes[i] for i in out["logits"].argmax(1).tolist()]
     assert predicted == evaluated.predicted.tolist()
     assert len(test) > 1 and out["logits"].shape == (len(test), 3)  # another batch size than the example's 2
     assert out["embedding"].shape == (len(test), 128)
 
 
-def test_the_exported_network_moves_to_a_device_with_the_same_answers(trained):
-    """Serving loads the version with torch.export's device pass; on the CPU it must equal MLflow's loader."""
-    from lensops import registry
+def test_lensops_loader_gives_mlflows_answers(trained, tmp_path, monkeypatch):
+    """Every stage loads a version through `ModelVersion.network`; on the CPU it must equal MLflow's own loader."""
+    from lensops.core.model_artifact import load_network
+    from lensops.core.registry import Registry
+    from lensops.core.settings import tracking_uri
 
     settings, _ = trained
-    files = registry.download(settings, "models:/tiny@challenger")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(settings.root))  # as a user's own script would
     images = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = registry.load_network(files.folder)(images)
-        moved = registry.load_network(files.folder, device="cpu")(images)
-    for a, b in zip(expected, moved, strict=True):
+    with Registry.of(settings).open("challenger") as version, torch.no_grad():
+        expected = mlflow.pytorch.load_model("models:/tiny@challenger")(images)
+        ours = version.network()(images)
+        moved = version.network(device="cpu")(images)
+    for a, b, c in zip(expected, ours, moved, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match=r"model\.pt2"):
-        registry.load_network(files.folder / "extra_files", device="cpu")
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError):
+        load_network(tmp_path / "no-such-model.pt2")
 
 
 def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, digits_project, tmp_path, monkeypatch):
@@ -166,7 +168,7 @@ def test_a_worker_failure_resumes_from_the_checkpoint(ray_session, digits_projec
     markers = list((root / "ray_results").glob("*.failed"))
     assert [m.read_text().strip() for m in markers] == ["failed at epoch 1"]  # it did fail, once
     assert list(result.history.epoch) == [0, 1, 2]  # and finished every epoch exactly once
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(result.run_id, "train_loss")]
+    steps = [m.step for m in mlflow_client(settings).get_metric_history(result.run_id, "train_loss")]
     assert sorted(set(steps)) == [0, 1, 2]
     assert steps.count(0) == 1  # epoch 0 was not repeated after the restart
 
@@ -183,7 +185,7 @@ def test_a_stopped_run_continues_with_resume(ray_session, digits_project, tmp_pa
     with pytest.raises(TrainingError, match="lensops train --resume ") as failure:
         train(settings, progress=False)
     run_id = str(failure.value).rsplit("--resume ", 1)[1].split("`")[0]
-    client = mlflow.MlflowClient()
+    client = mlflow_client(settings)
     assert client.get_run(run_id).info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
 
@@ -225,7 +227,7 @@ def test_training_without_a_prepared_dataset_says_what_to_run(cli, project):
 
 TRAIN_SCRIPT = """
 import sys
-from lensops.settings import load_settings
+from lensops.core.settings import load_settings
 from training.train import train
 settings = load_settings(sys.argv[1], sys.argv[2:])
 result = train(settings, progress=False)
@@ -291,7 +293,7 @@ CLUSTER_SCRIPT = """
 import sys
 import ray
 from ray.cluster_utils import Cluster
-from lensops.settings import load_settings
+from lensops.core.settings import load_settings
 from training.train import train
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -334,14 +336,15 @@ def test_tune_stops_a_hopeless_trial_and_logs_child_runs(ray_session, digits_pro
         "tune.num_samples=1",
         "tune.space={train.lr: {grid: [0.003, 1.0e-7]}}",
     ]
-    result = tune(load_settings(root / "params.yaml", overrides), progress=False)
+    settings = load_settings(root / "params.yaml", overrides)
+    result = tune(settings, progress=False)
 
     assert result.best_config == {"train.lr": 0.003}
     assert result.command == "lensops train -S train.lr=0.003"
     epochs = dict(zip(result.trials["train.lr"], result.trials["epochs"], strict=True))
     assert epochs == {0.003: 3, 1.0e-7: 2}  # the hopeless one was cut at the rung, the good one ran on
 
-    client = mlflow.MlflowClient()
+    client = mlflow_client(settings)
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["lensops.stage"] == "tune" and parent.info.status == "FINISHED"
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(result.best_metrics["best_val_accuracy"])
@@ -355,7 +358,7 @@ def test_tune_stops_a_hopeless_trial_and_logs_child_runs(ray_session, digits_pro
     )
     by_lr = {c.data.params["train.lr"]: c for c in children}
     assert set(by_lr) == {"0.003", "1e-07"}
-    assert by_lr["1e-07"].data.tags.get("lensops.stopped_by") == "ASHA"
+    assert by_lr["1e-07"].data.tags.get("lensops.tune.stopped_by") == "ASHA"
     assert len(client.get_metric_history(by_lr["0.003"].info.run_id, "val_accuracy")) == 3
 
 
@@ -383,5 +386,5 @@ def test_training_with_a_dataloader_per_worker(ray_session, digits_project, tmp_
     result = train(settings, progress=False)
     assert list(result.history.epoch) == [0, 1]
     assert result.test_metrics["accuracy"] > 0.6
-    run = mlflow.MlflowClient().get_run(result.run_id)
+    run = mlflow_client(settings).get_run(result.run_id)
     assert run.data.params["train.input"] == "dataloader"

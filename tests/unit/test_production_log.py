@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lensops.production_log import ProductionLogError, ProductionLogWriter, read_log, segments, write_segment
+from lensops.core.production_log import ProductionLogError, ProductionLogWriter, read_log, segments, write_segment
 
 
 def record(i: int, version: str = "1") -> dict:

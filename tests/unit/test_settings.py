@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lensops.settings import Settings, SettingsError, load_settings, parse_override, tracking_uri
+from lensops.core.settings import Settings, SettingsError, load_settings, parse_override, tracking_uri
 from tests.conftest import REPO
 
 
@@ -106,24 +106,28 @@ def test_tracking_uri_default_and_environment(tmp_path: Path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_projects_in_one_process_keep_their_own_mlflow_stores(tmp_path: Path, monkeypatch):
-    """MLflow writes the URI it is given into the environment; lensops must not let it leak to the next project."""
+    """Each project reaches its own store through an explicit client; no process-global URI is set or leaked."""
     import os
 
-    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from lensops import registry
+    from lensops.core.registry import Registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    first, second = (load_settings(tmp_path / name / "params.yaml") for name in ("first", "second"))
-    registry.client(first).create_experiment("only-in-first")
+    first, second = (Registry.of(load_settings(tmp_path / name / "params.yaml")) for name in ("first", "second"))
+    first.client().create_experiment("only-in-first")
     assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing left behind for the next project or a subprocess
-    names = {e.name for e in registry.client(second).search_experiments()}
-    assert "only-in-first" not in names and mlflow.get_tracking_uri() == tracking_uri(second.root)
+    assert tracking_utils._tracking_uri is None  # and no process-global tracking URI
+    names = {e.name for e in second.client().search_experiments()}
+    assert "only-in-first" not in names
     assert (tmp_path / "first" / "mlruns" / "mlflow.db").is_file() and (tmp_path / "second" / "mlruns").is_dir()
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(tmp_path / "shared"))  # the user's choice wins, and stays
-    registry.client(first)
-    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow.get_tracking_uri() == tracking_uri(tmp_path / "shared")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri(tmp_path / "shared"))  # the user's choice wins
+    shared = Registry.of(load_settings(tmp_path / "first" / "params.yaml"))
+    assert shared.tracking_uri == tracking_uri(tmp_path / "shared")
+    shared.client().create_experiment("in-shared")
+    assert os.environ["MLFLOW_TRACKING_URI"] == tracking_uri(tmp_path / "shared")
+    assert "in-shared" not in {e.name for e in first.client().search_experiments()}

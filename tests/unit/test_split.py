@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from data.prepare import _cut, assign_splits
-from lensops.settings import PrepareSettings
+from lensops.core.settings import PrepareSettings
 
 
 def fake_manifest(per_class: dict[str, int], dup_every: int = 0, seed: int = 0) -> pd.DataFrame:

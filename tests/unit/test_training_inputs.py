@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from lensops.settings import SettingsError, load_settings
+from lensops.core.settings import SettingsError, load_settings
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lensops.core.errors import UsageError
+
 
 def write_digits(out: Path, *, size: int = 32) -> dict[str, int]:
     """Write every digit as `out/<digit>/digit_<index>.png`; returns images per class.
@@ -70,7 +72,7 @@ def write_traffic(
     manifest, _, raw = load_prepared(prepared)
     unknown = sorted(set(splits) - set(manifest["split"]))
     if unknown:
-        raise ValueError(f"no split named {', '.join(unknown)} in {prepared}; have {sorted(set(manifest['split']))}")
+        raise UsageError(f"no split named {', '.join(unknown)} in {prepared}; have {sorted(set(manifest['split']))}")
     rows = manifest[manifest["split"].isin(splits)].sort_values("path")
     transform = shift_transform(seed) if shift else None
     counts: dict[str, int] = {}

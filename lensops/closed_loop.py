@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +30,12 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
+from .client import SHIFTED_PREFIX, Server, one_per_class, tool
+
 console = Console()
 DVC_REMOTE = ".dvc-storage"  # the demo's local DVC remote; git-ignored
-TRAFFIC = Path("reports/demo")  # the demo's traffic folders
-SHIFTED_PREFIX = "shifted_"  # data.demo names shifted images so; earlier demo runs' copies are removed first
+TRAFFIC = Path("reports/demo")
+SHIFT_SEED_1 = ["--shift", "--seed", "1"]  # the demo's traffic folders
 
 
 @dataclass
@@ -56,78 +56,6 @@ class Step:
             "ok": self.ok,
             "returncode": self.returncode,
         }
-
-
-def _tool(name: str) -> str:
-    """A console script from this environment (the venv's lensops/dvc, whatever PATH says)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`lensops serve` in a subprocess on a free port, and a small client for it."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180) -> None:
-        import requests
-
-        self.process = subprocess.Popen([_tool("lensops"), "serve", "--port", str(self.port)], cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"lensops serve exited with {self.process.returncode} before it was healthy")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:  # not listening yet, or still starting
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.url} did not become healthy in {timeout:.0f} s")
-            time.sleep(0.5)
-
-    def stop(self, stop_signal: int = signal.SIGINT) -> int:
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(stop_signal)
-        try:
-            return self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def predict(self, image: Path) -> dict:
-        import requests
-
-        answer = requests.post(f"{self.url}/predict?top_k=1", data=image.read_bytes(), timeout=60)
-        answer.raise_for_status()
-        return answer.json()
-
-    def served_version(self) -> str:
-        import requests
-
-        return str(requests.get(f"{self.url}/model", timeout=10).json()["version"])
-
-    def send_folder(self, folder: Path, *, concurrency: int = 8) -> dict:
-        """Every `<label>/<image>.png` under folder as a request; accuracy against the folder names."""
-        images = sorted(folder.glob("*/*.png"))
-        with ThreadPoolExecutor(concurrency) as pool:
-            answers = list(pool.map(self.predict, images))
-        correct = sum(a["predictions"][0]["label"] == p.parent.name for a, p in zip(answers, images, strict=True))
-        versions = sorted({str(a["model"]["version"]) for a in answers})
-        return {"requests": len(images), "accuracy": round(correct / max(len(images), 1), 4), "versions": versions}
 
 
 @dataclass
@@ -155,7 +83,7 @@ class ClosedLoop:
         return 0
 
     def first_repro(self) -> int:
-        code = _run([_tool("dvc"), "repro"], self.root)
+        code = _run([tool("dvc"), "repro"], self.root)
         evaluation = self._json("metrics/eval.json")
         if evaluation:  # kept: the retraining overwrites metrics/eval.json
             self.results["first_eval"] = {k: evaluation[k] for k in ("accuracy", "macro_f1")}
@@ -185,7 +113,7 @@ class ClosedLoop:
 
     def drift_command(self, key: str, *extra: str) -> list[str]:
         # The window is fixed when the step runs, so these are built lazily (see `lazy`).
-        return [_tool("lensops"), "drift", "--since", self.windows[key], "--report-dir", f"reports/drift/{key}", *extra]
+        return [tool("lensops"), "drift", "--since", self.windows[key], "--report-dir", f"reports/drift/{key}", *extra]
 
     def add_shifted_to_raw(self) -> int:
         """The shifted production images, labelled, become part of data/raw (next to the originals)."""
@@ -226,35 +154,14 @@ class ClosedLoop:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def one_per_class(server: Server, root: Path) -> list[dict]:
-    answers = []
-    for folder in sorted(p for p in (root / "data" / "raw").iterdir() if p.is_dir()):
-        originals = sorted(p for p in folder.glob("*.png") if not p.name.startswith(SHIFTED_PREFIX))
-        for image in originals[:1]:
-            body = server.predict(image)
-            top = body["predictions"][0]
-            answers.append(
-                {
-                    "file": f"{folder.name}/{image.name}",
-                    "label": folder.name,
-                    "predicted": top["label"],
-                    "score": round(top["score"], 4),
-                    "version": str(body["model"]["version"]),
-                }
-            )
-    table = Table(title=f"answers from {server.url}", title_justify="left")
-    for column in ("file", "label", "predicted", "score", "version"):
-        table.add_column(column)
-    for a in answers:
-        table.add_row(*(str(a[c]) for c in ("file", "label", "predicted", "score", "version")))
-    console.print(table)
-    return answers
-
-
 def demo_steps(loop: ClosedLoop) -> list[Step]:
+    return [*first_version_steps(loop), *loop_steps(loop)]
+
+
+def first_version_steps(loop: ClosedLoop) -> list[Step]:
+    """From the digits to a served champion: data, DVC, the pipeline, promotion, the server."""
     root = loop.root
-    lensops, dvc = _tool("lensops"), _tool("dvc")
-    traffic = [lensops, "data", "traffic"]
+    lensops, dvc = tool("lensops"), tool("dvc")
     return [
         Step("reset what an earlier demo run added", action=loop.reset_shifted),
         Step("write the digits as PNG files", [lensops, "data", "demo"]),
@@ -268,23 +175,21 @@ def demo_steps(loop: ClosedLoop) -> list[Step]:
         Step("promote the reviewed challenger", [lensops, "promote", "--reason", "make demo: review passed"]),
         Step("serve the champion", action=loop.start_server),
         Step("answer one image per class", action=loop.answer_one_per_class),
+    ]
+
+
+def loop_steps(loop: ClosedLoop) -> list[Step]:
+    """Production traffic, drift, new labelled data, retraining, and the server following the new champion."""
+    root = loop.root
+    lensops, dvc = tool("lensops"), tool("dvc")
+    traffic = [lensops, "data", "traffic"]
+    return [
         Step("write clean traffic (test split)", [*traffic, "--out", str(TRAFFIC / "clean"), "--split", "test"]),
         Step("send clean traffic", action=lambda: loop.send("clean", TRAFFIC / "clean")),
         Step("drift on clean traffic: none expected", action=lambda: _run(loop.drift_command("clean"), root)),
         Step(
             "write shifted traffic (train and val splits, blurred, dark, tilted)",
-            [
-                *traffic,
-                "--out",
-                str(TRAFFIC / "shifted"),
-                "--split",
-                "train",
-                "--split",
-                "val",
-                "--shift",
-                "--seed",
-                "1",
-            ],
+            [*traffic, "--out", str(TRAFFIC / "shifted"), "--split", "train", "--split", "val", *SHIFT_SEED_1],
         ),
         Step(
             "write the shifted hold-out (test split, another seed)",
@@ -428,17 +333,6 @@ def print_table(steps: list[Step], summary: dict) -> None:
     lines.append(f"{summary['seconds'] / 60:.1f} minutes; summary in reports/demo_summary.json")
     for line in lines:
         console.print(line)
-
-
-def serve_check(root: Path, *, stop_signal: int = signal.SIGINT) -> dict:
-    """`lensops serve` in a subprocess: wait until healthy, send one image per class, stop it with a signal."""
-    server = Server(root)
-    try:
-        server.start()
-        answers = one_per_class(server, root)
-    finally:
-        code = server.stop(stop_signal)
-    return {"answers": answers, "exit_code": code, "correct": sum(a["label"] == a["predicted"] for a in answers)}
 
 
 if __name__ == "__main__":

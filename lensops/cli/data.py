@@ -1,0 +1,119 @@
+"""`lensops data ...`: the demo digits, demo traffic, validation and splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import LensopsGroup, Overrides, out, settings_for
+
+app = typer.Typer(no_args_is_help=True, cls=LensopsGroup, help="Datasets: the demo digits, validation, splits.")
+
+
+@app.command("demo")
+def data_demo(
+    ctx: typer.Context,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write (default data.raw).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Write scikit-learn's handwritten digits as PNG files, one folder per digit."""
+    from data.digits import write_digits
+
+    settings = settings_for(ctx, overrides)
+    target = out_dir or settings.path(settings.data.raw)
+    counts = write_digits(target, size=settings.demo.size)
+    out.print(f"wrote {sum(counts.values())} digits ({settings.demo.size}x{settings.demo.size} PNG) to {target}")
+
+
+@app.command("traffic")
+def data_traffic(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write <label>/<image>.png.")],
+    split: Annotated[list[str] | None, typer.Option(help="Split(s) of data/prepared to take (default test).")] = None,
+    shift: Annotated[bool, typer.Option(help="Apply the demo's distribution shift (blur, dark, tilt, noise).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the shift.")] = 0,
+    overrides: Overrides = None,
+) -> None:
+    """Write the images of a prepared split as production traffic, optionally shifted (for demos and tests)."""
+    from data.digits import write_traffic
+
+    settings = settings_for(ctx, overrides)
+    counts = write_traffic(
+        settings.path(settings.data.prepared), out_dir, splits=tuple(split or ["test"]), shift=shift, seed=seed
+    )
+    kind = f"shifted (seed {seed})" if shift else "clean"
+    out.print(f"wrote {sum(counts.values())} {kind} images of {', '.join(split or ['test'])} to {out_dir}")
+
+
+@app.command("validate")
+def data_validate(
+    ctx: typer.Context,
+    raw: Annotated[Path | None, typer.Option(help="Image folder, one subfolder per class (default data.raw).")] = None,
+    report: Annotated[Path | None, typer.Option(help="JSON report (default validate.report).")] = None,
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Move bad files here, with their reasons in quarantine.jsonl.")
+    ] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Check every image (decodes, format, size, pixel limit, duplicates, class balance). Exit 1 if invalid."""
+    from data.validation import validate_dataset
+
+    settings = settings_for(ctx, overrides)
+    result = validate_dataset(settings, raw=raw, report_path=report, quarantine_dir=quarantine)
+    _print_validation(result)
+    report_path = report or settings.path(settings.validate_.report)
+    if result.quarantined:
+        dest = quarantine
+        out.print(f"moved {len(result.quarantined)} bad files to {dest} (reasons in {dest}/quarantine.jsonl)")
+    if result.ok:
+        out.print(f"[green]valid[/]: {result.n_images} images in {result.n_classes} classes. Report: {report_path}")
+    else:
+        out.print(f"[red]invalid[/]: see the table above. Report: {report_path}")
+        raise typer.Exit(1)
+
+
+def _print_validation(result) -> None:
+    checks = Table(title="checks", title_justify="left")
+    checks.add_column("expectation")
+    checks.add_column("")
+    checks.add_column("detail", overflow="fold")
+    for e in result.expectations:
+        checks.add_row(e.name, "[green]pass[/]" if e.success else "[red]FAIL[/]", e.detail)
+    out.print(checks)
+    if result.bad_files:
+        shown = result.bad_files[:50]
+        bad = Table(title=f"bad files ({len(result.bad_files)})", title_justify="left")
+        bad.add_column("file", overflow="fold")
+        bad.add_column("reason", overflow="fold")
+        for b in shown:
+            bad.add_row(b["path"], b["reason"])
+        out.print(bad)
+        if len(result.bad_files) > len(shown):
+            out.print(f"… and {len(result.bad_files) - len(shown)} more in the report")
+
+
+@app.command("prepare")
+def data_prepare(
+    ctx: typer.Context,
+    raw: Annotated[Path | None, typer.Option(help="Image folder (default data.raw).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default data.prepared).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Split a valid dataset into train/val/test: manifest.parquet and classes.json."""
+    from data.prepare import SPLITS, prepare_dataset
+
+    settings = settings_for(ctx, overrides)
+    prepared = prepare_dataset(settings, raw=raw, out=out_dir)
+    table = Table(title="splits", title_justify="left")
+    table.add_column("class")
+    for s in SPLITS:
+        table.add_column(s, justify="right")
+    for c in prepared.classes:
+        table.add_row(c, *(str(prepared.counts[s].get(c, 0)) for s in SPLITS))
+    table.add_row("[bold]all", *(f"[bold]{sum(prepared.counts[s].values())}" for s in SPLITS))
+    out.print(table)
+    target = out_dir or settings.path(settings.data.prepared)
+    out.print(f"wrote {target}/manifest.parquet and classes.json; split sizes in metrics/data.json")

@@ -1,0 +1,128 @@
+"""A small client for a running `lensops serve`, and the way to start one in a subprocess.
+
+The closed loop (`lensops.closed_loop`), the tests and the benchmarks talk to the server as any
+user's program would: over HTTP, with `requests`.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+SHIFTED_PREFIX = "shifted_"  # data.digits names shifted images so
+
+
+def tool(name: str) -> str:
+    """A console script from this environment (the venv's lensops/dvc, whatever PATH says)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`lensops serve` in a subprocess on a free port, and a small client for it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        import requests
+
+        self.process = subprocess.Popen([tool("lensops"), "serve", "--port", str(self.port)], cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"lensops serve exited with {self.process.returncode} before it was healthy")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:  # not listening yet, or still starting
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.url} did not become healthy in {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def stop(self, stop_signal: int = signal.SIGINT) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(stop_signal)
+        try:
+            return self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def predict(self, image: Path) -> dict:
+        import requests
+
+        answer = requests.post(f"{self.url}/predict?top_k=1", data=image.read_bytes(), timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    def served_version(self) -> str:
+        import requests
+
+        return str(requests.get(f"{self.url}/model", timeout=10).json()["version"])
+
+    def send_folder(self, folder: Path, *, concurrency: int = 8) -> dict:
+        """Every `<label>/<image>.png` under folder as a request; accuracy against the folder names."""
+        images = sorted(folder.glob("*/*.png"))
+        with ThreadPoolExecutor(concurrency) as pool:
+            answers = list(pool.map(self.predict, images))
+        correct = sum(a["predictions"][0]["label"] == p.parent.name for a, p in zip(answers, images, strict=True))
+        versions = sorted({str(a["model"]["version"]) for a in answers})
+        return {"requests": len(images), "accuracy": round(correct / max(len(images), 1), 4), "versions": versions}
+
+
+def one_per_class(server: Server, root: Path) -> list[dict]:
+    answers = []
+    for folder in sorted(p for p in (root / "data" / "raw").iterdir() if p.is_dir()):
+        originals = sorted(p for p in folder.glob("*.png") if not p.name.startswith(SHIFTED_PREFIX))
+        for image in originals[:1]:
+            body = server.predict(image)
+            top = body["predictions"][0]
+            answers.append(
+                {
+                    "file": f"{folder.name}/{image.name}",
+                    "label": folder.name,
+                    "predicted": top["label"],
+                    "score": round(top["score"], 4),
+                    "version": str(body["model"]["version"]),
+                }
+            )
+    table = Table(title=f"answers from {server.url}", title_justify="left")
+    for column in ("file", "label", "predicted", "score", "version"):
+        table.add_column(column)
+    for a in answers:
+        table.add_row(*(str(a[c]) for c in ("file", "label", "predicted", "score", "version")))
+    console.print(table)
+    return answers
+
+
+def serve_check(root: Path, *, stop_signal: int = signal.SIGINT) -> dict:
+    """`lensops serve` in a subprocess: wait until healthy, send one image per class, stop it with a signal."""
+    server = Server(root)
+    try:
+        server.start()
+        answers = one_per_class(server, root)
+    finally:
+        code = server.stop(stop_signal)
+    return {"answers": answers, "exit_code": code, "correct": sum(a["label"] == a["predicted"] for a in answers)}

@@ -1,0 +1,267 @@
+"""The HTTP ingress (FastAPI): the contract, the API key, limits, timeouts, JSON errors, metrics, the log.
+
+Concurrent requests are gathered with `@serve.batch` and go on together: one call to
+preprocessing per 8 images and one to the model per batch, instead of two calls per request
+(see benchmarks/README.md for what a request costs). Every 200 answer appends a record to the
+production log (`lensops.core.production_log`).
+
+No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations
+(`request: Request`) at runtime, and Ray Serve's class-based routes do not resolve string ones.
+"""
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from ray import serve
+
+api = FastAPI(
+    title="lensops",
+    description="Image classification by the registered champion. Errors are JSON: {error, detail}.",
+    version="1",
+)
+
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PREPROCESS_CHUNK = 8  # images per call to a preprocessing replica
+IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, code: str, detail: str):
+        self.status, self.code, self.detail = status, code, detail
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self,
+        preprocess,
+        model,
+        *,
+        max_body_bytes: int,
+        request_timeout_s: float,
+        top_k: int,
+        log_dir: str,
+        flush_seconds: float,
+        flush_records: int,
+        api_key: str | None,
+        max_batch_size: int,
+        batch_wait_ms: float,
+    ):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        from lensops.core.production_log import ProductionLogWriter
+
+        self.preprocess, self.model = preprocess, model
+        self._answer.set_max_batch_size(max_batch_size)
+        self._answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        self.max_body_bytes, self.timeout, self.top_k, self.api_key = max_body_bytes, request_timeout_s, top_k, api_key
+        self.log = ProductionLogWriter(log_dir, flush_seconds=flush_seconds, flush_records=flush_records)
+        self._info: dict[str, Any] | None = None
+        self._info_at = 0.0
+        self.metrics = CollectorRegistry()
+        self.requests = Counter("lensops_requests", "HTTP requests", ["route", "status"], registry=self.metrics)
+        self.latency = Histogram("lensops_request_seconds", "request latency", ["route"], registry=self.metrics)
+        self.batch_sizes = Histogram(
+            "lensops_model_batch_size", "requests per model batch", buckets=BATCH_BUCKETS, registry=self.metrics
+        )
+        self.served_version = Gauge(
+            "lensops_model_version", "model version that answered last", ["name"], registry=self.metrics
+        )
+        self._install_handlers()
+
+    def _install_handlers(self) -> None:
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse
+
+        async def client_error(request, exc: ClientError):
+            return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+
+        async def bad_parameter(request, exc: RequestValidationError):
+            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            return JSONResponse({"error": "bad_parameter", "detail": detail}, status_code=400)
+
+        api.add_exception_handler(ClientError, client_error)
+        api.add_exception_handler(RequestValidationError, bad_parameter)
+
+    def _authorise(self, request) -> None:
+        if self.api_key and request.headers.get("x-api-key") != self.api_key:
+            raise ClientError(401, "unauthorised", "send the API key in the X-API-Key header")
+
+    async def _body(self, request) -> list[tuple[str, bytes]]:
+        """The image(s) of a request: the raw body, or multipart `file` field(s)."""
+        length = request.headers.get("content-length", "")
+        content_type = request.headers.get("content-type", "")
+        multipart = content_type.startswith("multipart/form-data")
+        limit = self.max_body_bytes * (16 if multipart else 1)  # several files, each checked below
+        if length.isdigit() and int(length) > limit:
+            raise ClientError(413, "too_large", f"the request is {int(length):,} bytes; the limit is {limit:,}")
+        if multipart:
+            form = await request.form()
+            files = [
+                (getattr(f, "filename", "") or f"file{i}", await f.read())
+                for i, f in enumerate(form.getlist("file"))
+                if hasattr(f, "read")
+            ]
+            if not files:
+                raise ClientError(400, "bad_parameter", "multipart requests carry the image in a field named `file`")
+            return files
+        return [("body", await request.body())]
+
+    async def _predict_one(self, body: bytes, top_k: int) -> dict[str, Any]:
+        if len(body) > self.max_body_bytes:
+            raise ClientError(
+                413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
+            )
+        answer = await self._answer(body)
+        if "error" in answer:
+            raise ClientError(**answer["error"])
+        probabilities, classes = answer["probabilities"], answer["classes"]
+        order = np.argsort(-probabilities)[:top_k]
+        request_id = uuid.uuid4().hex
+        predictions = [{"label": classes[i], "score": float(probabilities[i])} for i in order]
+        self.log.append(
+            {
+                "request_id": request_id,
+                "model_name": answer["name"],
+                "model_version": answer["version"],
+                "embedding": answer["embedding"],
+                "label": predictions[0]["label"],
+                "score": predictions[0]["score"],
+                **{stat: answer[stat] for stat in IMAGE_STATS},
+            }
+        )
+        self.served_version.labels(answer["name"]).set(float(answer["version"]))
+        return {
+            "request_id": request_id,
+            "model": {"name": answer["name"], "version": answer["version"]},
+            "predictions": predictions,
+        }
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _answer(self, bodies: list[bytes]) -> list[dict[str, Any]]:
+        """Concurrent requests, preprocessed and predicted together: two calls per batch, not two per request.
+
+        Returns, per body, the model's answer with the image stats, or `{"error": ...}` for a body
+        the client must fix. One bad image never fails the others of its batch.
+        """
+        answers: list[dict[str, Any]] = [{} for _ in bodies]
+        pending = list(range(len(bodies)))
+        for attempt in range(3):  # a version switch between preprocessing and the model: redo with the new spec
+            info = await self._model_info(refresh=attempt > 0)
+            prepared = await self._preprocessed([bodies[i] for i in pending], info["preprocessing"])
+            ready = []
+            for i, item in zip(pending, prepared, strict=True):
+                if "error" in item:
+                    answers[i] = item
+                else:
+                    ready.append((i, item))
+            if not ready:
+                return answers
+            images = np.stack([item["tensor"] for _, item in ready])
+            result = await self.model.predict.remote((images, ready[0][1]["key"]))
+            if result.get("stale"):
+                pending = [i for i, _ in ready]
+                continue
+            self.batch_sizes.observe(result["batch_size"])
+            for row, (i, item) in enumerate(ready):
+                answers[i] = {
+                    "name": info["name"],
+                    "version": result["version"],
+                    "classes": result["classes"],
+                    "probabilities": result["probabilities"][row],
+                    "embedding": result["embedding"][row],
+                    **{stat: item[stat] for stat in IMAGE_STATS},
+                }
+            return answers
+        switching = {"status": 503, "code": "model_switching", "detail": "the served model is being replaced; retry"}
+        for i in pending:
+            answers[i] = {"error": switching}
+        return answers
+
+    async def _preprocessed(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """The batch in chunks, so that several (or autoscaled) preprocessing replicas share it; in order."""
+        chunks = [bodies[i : i + PREPROCESS_CHUNK] for i in range(0, len(bodies), PREPROCESS_CHUNK)]
+        parts = await asyncio.gather(*(self.preprocess.remote(chunk, spec) for chunk in chunks))
+        return [item for part in parts for item in part]
+
+    async def _model_info(self, refresh: bool = False) -> dict[str, Any]:
+        """The served version's spec, cached: a stale cache only costs one retry (the model says so)."""
+        if refresh or self._info is None or time.monotonic() - self._info_at > 1.0:
+            self._info = await self.model.info.remote()
+            self._info_at = time.monotonic()
+        return self._info
+
+    async def _timed(self, route: str, work) -> Any:
+        from fastapi.responses import JSONResponse
+
+        started = time.perf_counter()
+        status = 200
+        try:
+            return await asyncio.wait_for(work, timeout=self.timeout)
+        except TimeoutError:
+            status = 408
+            return JSONResponse({"error": "timeout", "detail": f"no answer within {self.timeout:g} s"}, status_code=408)
+        except ClientError as e:
+            status = e.status
+            return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
+        finally:
+            self.requests.labels(route, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - started)
+
+    @api.post("/predict", summary="Classify one image (raw body or multipart field `file`)")
+    async def predict(self, request: Request, top_k: int | None = Query(None, ge=1, le=1000)):
+        self._authorise(request)
+
+        async def work():
+            (_, body), *rest = await self._body(request)
+            if rest:
+                raise ClientError(
+                    400, "bad_parameter", "one image per /predict request; use /predict/batch for several"
+                )
+            return await self._predict_one(body, top_k or self.top_k)
+
+        return await self._timed("/predict", work())
+
+    @api.post("/predict/batch", summary="Classify several multipart `file` fields; one answer per file")
+    async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1, le=1000)):
+        self._authorise(request)
+
+        async def one(name: str, body: bytes) -> dict[str, Any]:
+            try:
+                return {"file": name, "status": 200, **(await self._predict_one(body, top_k or self.top_k))}
+            except ClientError as e:
+                return {"file": name, "status": e.status, "error": e.code, "detail": e.detail}
+
+        async def work():
+            files = await self._body(request)
+            return {"results": list(await asyncio.gather(*(one(n, b) for n, b in files)))}
+
+        return await self._timed("/predict/batch", work())
+
+    @api.get("/healthz", summary="200 when the model is loaded")
+    async def healthz(self):
+        info = await self.model.info.remote()
+        return {"status": "ok", "model": {"name": info["name"], "version": info["version"]}}
+
+    @api.get("/model", summary="The served model: name, version, classes, preprocessing spec")
+    async def model_info(self, request: Request):
+        self._authorise(request)
+        info = await self.model.info.remote()
+        return {k: v for k, v in info.items() if k != "key"}
+
+    @api.get("/metrics", summary="Prometheus metrics")
+    async def metrics_route(self, request: Request):
+        from fastapi.responses import Response
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        self._authorise(request)
+        return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    def __del__(self):
+        self.log.close()  # a clean shutdown loses no production-log record

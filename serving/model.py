@@ -1,0 +1,150 @@
+"""The model deployment: the exported network of the version an alias points at, batched.
+
+It receives the project's `Registry` (a small picklable value) and a model reference, opens the
+version through `Registry.open` (the one way to reach a version), loads its network onto the
+replica's device and closes the handle at once: the network, spec and classes are in memory, and
+the downloaded files are gone.
+
+Every `serve.alias_poll_seconds` it re-resolves the reference (one metadata call). When the alias
+has moved, the new version is loaded beside the old one and swapped in with one assignment, so
+requests never fail during a switch. A version that fails to load is not retried at every poll:
+it waits out a backoff that doubles up to `MAX_BACKOFF_S`, and a move to another version is
+followed at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from lensops.core.registry import Registry
+from lensops.core.settings import PreprocessingSpec
+
+log = logging.getLogger("lensops.serving")
+MAX_BACKOFF_S = 300.0
+
+
+def spec_key(spec: PreprocessingSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class Served:
+    name: str
+    version: str
+    spec: PreprocessingSpec
+    classes: list[str]
+    network: Any
+    key: str
+
+
+def load_served(registry: Registry, version: str, device: str) -> Served:
+    """A version's network on `device`, with its spec and classes; no file of it stays on disk."""
+    with registry.open(version) as handle:
+        network = handle.network(device=device)
+        return Served(handle.name, handle.version, handle.spec, handle.classes, network, spec_key(handle.spec))
+
+
+class AliasFollower:
+    """Which version to serve next: the reference re-resolved, with a backoff for versions that failed to load."""
+
+    def __init__(self, registry: Registry, ref: str):
+        self.registry, self.ref = registry, ref
+        self.failed: dict[str, tuple[float, float]] = {}  # version -> (retry after, backoff seconds)
+
+    def candidate(self, current: str) -> str | None:
+        """A version to load now, or None (unchanged, or a failed one still backing off)."""
+        version = self.registry.resolve(self.ref)
+        if version == current:
+            return None
+        retry_at, _ = self.failed.get(version, (0.0, 0.0))
+        return version if time.monotonic() >= retry_at else None
+
+    def failed_to_load(self, version: str, poll_seconds: float) -> float:
+        _, backoff = self.failed.get(version, (0.0, poll_seconds))
+        backoff = min(MAX_BACKOFF_S, 2 * backoff)
+        self.failed[version] = (time.monotonic() + backoff, backoff)
+        return backoff
+
+
+@serve.deployment
+class Model:
+    def __init__(self, registry: Registry, ref: str, max_batches: int, poll_seconds: float, device: str = "cpu"):
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.registry, self.device = registry, device
+        self.follower = AliasFollower(registry, ref)
+        self.served = load_served(registry, registry.resolve(ref), device)
+        # The ingress already waited for its batch to fill: take whatever batches are queued, at once.
+        self.predict.set_max_batch_size(max_batches)
+        self.predict.set_batch_wait_timeout_s(0)
+        self._stop = threading.Event()
+        self._poll_seconds = poll_seconds
+        threading.Thread(target=self._follow_alias, name="follow-alias", daemon=True).start()
+
+    def _follow_alias(self) -> None:
+        """Load a moved alias's version beside the current one, then swap the reference."""
+        while not self._stop.wait(self._poll_seconds):
+            version = None
+            try:
+                version = self.follower.candidate(self.served.version)
+                if version is not None:
+                    fresh = load_served(self.registry, version, self.device)
+                    self.served = fresh  # one assignment: a batch sees the old or the new, never a mix
+                    log.warning("now serving %s v%s", fresh.name, fresh.version)
+            except Exception as e:  # the registry may be briefly unreachable: keep serving what we have
+                if version is not None:
+                    wait = self.follower.failed_to_load(version, self._poll_seconds)
+                    log.warning("could not load v%s (next try in %.0f s): %s", version, wait, e)
+                else:
+                    log.warning("could not follow %s: %s", self.follower.ref, e)
+
+    def info(self) -> dict[str, Any]:
+        s = self.served
+        return {
+            "name": s.name,
+            "version": s.version,
+            "classes": s.classes,
+            "preprocessing": s.spec.model_dump(),
+            "key": s.key,
+            "device": self.device,
+        }
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0)
+    async def predict(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
+        """Each item is one ingress batch (N, 3, H, W) and the spec key it was preprocessed with."""
+        import torch
+
+        served = self.served  # one version for the whole forward
+        ok = [i for i, (_, key) in enumerate(items) if key == served.key]
+        answers: list[dict[str, Any]] = [{"stale": True} for _ in items]
+        if not ok:
+            return answers
+        batch = torch.from_numpy(np.concatenate([items[i][0] for i in ok])).to(self.device)
+        with torch.no_grad():
+            logits, embedding = served.network(batch)
+        probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        embedding = embedding.float().cpu().numpy()
+        start = 0
+        for i in ok:
+            end = start + len(items[i][0])
+            answers[i] = {
+                "version": served.version,
+                "probabilities": probabilities[start:end],
+                "embedding": embedding[start:end],
+                "classes": served.classes,
+                "batch_size": len(batch),
+            }
+            start = end
+        return answers
+
+    def __del__(self):
+        self._stop.set()

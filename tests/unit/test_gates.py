@@ -1,0 +1,56 @@
+"""The promotion gates: one function per threshold in `review.gates`, each judged on plain numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lensops.core.sections import GateSettings, ReviewSettings
+from training.gates import GATES, apply_gates
+
+
+@dataclass
+class Model:
+    accuracy: float
+    recalls: dict[str, float]
+    ece: float = 0.05
+    batched_ms: float = 1.0
+    metrics: dict = field(init=False)
+    latency: dict = field(init=False)
+
+    def __post_init__(self):
+        per_class = {k: {"recall": r, "support": 10} for k, r in self.recalls.items()}
+        self.metrics = {"accuracy": self.accuracy, "ece": self.ece, "per_class": per_class}
+        self.latency = {"batch64_ms_per_image": self.batched_ms}
+
+
+def test_every_threshold_has_its_gate_and_every_gate_its_threshold():
+    assert list(GATES) == list(GateSettings.model_fields)
+
+
+def test_without_a_champion_only_the_absolute_gates_apply():
+    gates = apply_gates(ReviewSettings(), Model(0.95, {"a": 1.0}), None)
+    assert [g.name for g in gates] == ["min_accuracy"] and gates[0].passed
+
+
+def test_each_relative_gate_names_what_failed():
+    cfg = ReviewSettings.model_validate({"gates": {"max_ece": 0.1}})
+    champion = Model(0.97, {"a": 0.99, "b": 0.95}, batched_ms=1.0)
+    challenger = Model(0.93, {"a": 0.99, "b": 0.80}, ece=0.2, batched_ms=2.0)
+    gates = {g.name: g for g in apply_gates(cfg, challenger, champion)}
+    assert list(gates) == ["min_accuracy", "max_ece", "max_accuracy_drop", "max_class_recall_drop", "max_latency_ratio"]
+    assert gates["min_accuracy"].passed and not gates["max_ece"].passed
+    assert not gates["max_accuracy_drop"].passed and round(gates["max_accuracy_drop"].value, 4) == 0.04
+    assert not gates["max_class_recall_drop"].passed and gates["max_class_recall_drop"].detail == "class b"
+    assert not gates["max_latency_ratio"].passed and gates["max_latency_ratio"].value == 2.0
+
+
+def test_a_drop_exactly_at_the_threshold_passes():
+    cfg = ReviewSettings.model_validate({"gates": {"max_accuracy_drop": 0.01}})
+    gates = {g.name: g for g in apply_gates(cfg, Model(0.94, {"a": 1.0}), Model(0.95, {"a": 1.0}))}
+    assert gates["max_accuracy_drop"].passed
+
+
+def test_a_null_threshold_turns_its_gate_off():
+    cfg = ReviewSettings.model_validate({"gates": {"max_latency_ratio": None, "max_class_recall_drop": None}})
+    names = [g.name for g in apply_gates(cfg, Model(0.95, {"a": 1.0}), Model(0.95, {"a": 1.0}))]
+    assert names == ["min_accuracy", "max_accuracy_drop"]

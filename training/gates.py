@@ -1,0 +1,102 @@
+"""The promotion gates: one small function per gate, named as its threshold in `review.gates`.
+
+A gate takes the challenger, the champion (None when there is none yet), its threshold and the
+review settings, and returns a `Gate` (value, threshold, passed, detail), or None when it does
+not apply (a gate against the champion, with no champion). `apply_gates` runs every gate whose
+threshold in `params.yaml` is not null, in the order `review.gates` lists them.
+
+Adding a gate: write its function here with `@gate`, and give its threshold a line in
+`params.yaml` (and a typed field in `lensops.core.sections.GateSettings`, which rejects unknown
+keys). `tests/unit/test_gates.py` checks that the two lists match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lensops.core.sections import ReviewSettings
+
+EPSILON = 1e-12  # a drop exactly at the threshold passes despite float rounding
+
+
+class Contender(Protocol):
+    """What a gate reads of a model under review (see `training.review.Contender`)."""
+
+    metrics: dict[str, Any]
+    latency: dict[str, float]
+
+
+@dataclass
+class Gate:
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    detail: str = ""
+
+
+GateFunction = Callable[[Contender, Contender | None, float, ReviewSettings], Gate | None]
+GATES: dict[str, GateFunction] = {}
+
+
+def gate(function: GateFunction) -> GateFunction:
+    GATES[function.__name__] = function
+    return function
+
+
+@gate
+def min_accuracy(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate:
+    """Absolute: the challenger's test accuracy is at least the threshold."""
+    value = new.metrics["accuracy"]
+    return Gate("min_accuracy", value, threshold, value >= threshold)
+
+
+@gate
+def max_ece(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate:
+    """Absolute: the challenger's expected calibration error is at most the threshold."""
+    value = new.metrics["ece"]
+    return Gate("max_ece", value, threshold, value <= threshold)
+
+
+@gate
+def max_accuracy_drop(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Against the champion: accuracy falls by at most the threshold."""
+    if old is None:
+        return None
+    drop = old.metrics["accuracy"] - new.metrics["accuracy"]
+    return Gate("max_accuracy_drop", drop, threshold, drop <= threshold + EPSILON)
+
+
+@gate
+def max_class_recall_drop(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Against the champion: no class's recall falls by more than the threshold (the worst is named)."""
+    if old is None:
+        return None
+    theirs, ours = old.metrics["per_class"], new.metrics["per_class"]
+    drops = {k: m["recall"] - ours.get(k, {"recall": 0.0})["recall"] for k, m in theirs.items() if m["support"]}
+    worst = max(drops, key=drops.get) if drops else ""
+    value = drops.get(worst, 0.0)
+    return Gate(
+        "max_class_recall_drop", value, threshold, value <= threshold + EPSILON, f"class {worst}" if worst else ""
+    )
+
+
+@gate
+def max_latency_ratio(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Against the champion: batched latency per image at most the threshold times the champion's."""
+    if old is None:
+        return None
+    key = f"batch{cfg.latency_batch}_ms_per_image"
+    ratio = new.latency[key] / max(old.latency[key], 1e-9)
+    return Gate("max_latency_ratio", ratio, threshold, ratio <= threshold, "batched, per image")
+
+
+def apply_gates(cfg: ReviewSettings, challenger: Contender, champion: Contender | None) -> list[Gate]:
+    """Every gate whose threshold is set, in the order of `review.gates`; those that do not apply are left out."""
+    results = []
+    for name, threshold in cfg.gates.model_dump().items():
+        if threshold is not None and (result := GATES[name](challenger, champion, threshold, cfg)) is not None:
+            results.append(result)
+    return results
