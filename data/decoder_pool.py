@@ -5,7 +5,7 @@ A `DecoderPool` is a small pool of worker processes (pebble's `ProcessPool`):
 - each task has a deadline; a worker that overruns it is killed and replaced, and the task's
   future fails with a 422 rejection ("took longer than ... s");
 - each worker may grow by at most `memory_mb` beyond what it holds after start-up
-  (`RLIMIT_AS`), so a bomb that slips past the header checks hits `MemoryError` in the worker,
+  (`RLIMIT_DATA`), so a bomb that slips past the header checks hits `MemoryError` in the worker,
   which becomes a 422, instead of taking the machine's memory;
 - a worker that dies (a crash in a C decoder, the kernel's OOM killer) fails only its task,
   with a 422 saying so;
@@ -49,13 +49,21 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _address_space() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+def _data_size() -> int:
+    """This process's private writable memory now (VmData): heap, anonymous maps, thread stacks."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmData in /proc/self/status")
 
 
-def _start_worker(memory_bytes: int) -> None:
-    """Runs in each new worker: cap its address space at what it has now plus the budget.
+def _start_worker(memory_bytes: int, quiet: bool) -> None:
+    """Runs in each new worker: cap its private memory at what it has now plus the budget.
+
+    The cap is `RLIMIT_DATA`, which (Linux 4.7 and later) counts the heap, anonymous mappings
+    and thread stacks: what decoding allocates. `RLIMIT_AS` would also count address space that
+    is only reserved (each malloc arena reserves 64 MB), so the same budget would buy less.
 
     Pillow's fixed decompression-bomb limit is switched off here: the header check against the
     caller's `max_pixels` comes first (so a bomb is reported with its size), and the memory cap
@@ -64,12 +72,16 @@ def _start_worker(memory_bytes: int) -> None:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
-    if memory_bytes > 0 and hasattr(resource, "RLIMIT_AS"):
+    if quiet:  # C decoders (libtiff) print their complaints about hostile files; the rejection says enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    if memory_bytes > 0:
         try:
-            limit = _address_space() + memory_bytes
+            limit = _data_size() + memory_bytes
         except OSError:  # no /proc: not Linux; the cap is then the budget alone
             limit = memory_bytes
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _decode_in_worker(data: bytes, limits: ImageLimits, all_frames: bool, target_size) -> DecodedImage:
@@ -86,6 +98,7 @@ class DecoderPool:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         memory_mb: int = DEFAULT_MEMORY_MB,
         max_tasks: int = DEFAULT_MAX_TASKS,
+        quiet: bool = True,
     ):
         from pebble import ProcessPool
 
@@ -97,7 +110,7 @@ class DecoderPool:
             max_workers=self.workers,
             max_tasks=max_tasks,
             initializer=_start_worker,
-            initargs=(memory_mb * 2**20,),
+            initargs=(memory_mb * 2**20, quiet),
             context=context,
         )
 

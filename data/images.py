@@ -209,8 +209,9 @@ def decode_image(
         raise ImageRejected(413, "too_large", f"the image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
     if not data:
         raise _undecodable("empty (0 bytes); send the image bytes")
-    header = None
+    header, image = None, None
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on odd metadata ("Corrupt EXIF data") are not errors
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = _open(data, limits)
@@ -223,7 +224,8 @@ def decode_image(
         except MemoryError:
             raise _undecodable("decoding needs more memory than a decoder may use", header) from None
         except Exception as e:  # any decoder error on hostile bytes is the input's fault
-            what = f"the {header.format} data" if header else "the header"
+            name = FORMAT_ALIASES.get(image.format, image.format) if image else name_format(data[:64])
+            what = f"the {name} data" if name else "the image"
             raise _undecodable(f"{what} does not decode: {type(e).__name__}: {e}".rstrip(": "), header) from None
     return DecodedImage(image, header.format, header.width, header.height, header.frames, header.mode)
 
