@@ -39,7 +39,7 @@ DEFAULT_MEMORY_MB = 768
 DEFAULT_MAX_TASKS = 250
 # Imported once by the forkserver, so every worker forked from it starts with them loaded
 # (`__main__` too: otherwise each new worker would import the caller's main module again).
-_PRELOAD = ["__main__", "data.inspection", "imagehash"]
+_PRELOAD = ["__main__", "data.inspection", "imagehash", "scipy.fftpack"]  # imagehash imports fftpack lazily
 
 
 def available_cpus() -> int:

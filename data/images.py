@@ -37,7 +37,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The plugins of the formats lensops allows or names, registered by importing them: without
+# them, `Image.open(formats=...)` and `Image.registered_extensions()` would import all forty
+# of Pillow's plugins (`Image.init()`), a cost every new decoding worker would pay.
+from PIL import (  # noqa: F401  (imported to register the plugins)
+    BmpImagePlugin,
+    GifImagePlugin,
+    IcoImagePlugin,
+    Image,
+    ImageOps,
+    Jpeg2KImagePlugin,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 DEFAULT_MAX_BYTES = 10 * 2**20
@@ -121,7 +139,6 @@ def _undecodable(detail: str, header: Header | None = None) -> ImageRejected:
 
 def name_format(prefix: bytes) -> str | None:
     """The format a file's first bytes announce, by Pillow's magic-byte tests alone (no parsing)."""
-    Image.init()
     for fmt in _NAMEABLE:
         accept = Image.OPEN.get(fmt, (None, None))[1]
         try:

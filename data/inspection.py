@@ -10,10 +10,8 @@ import hashlib
 import os
 import warnings
 
-from PIL import Image
-
 from .files import Entry, FileRefused, read_entry
-from .images import FORMAT_ALIASES, ImageLimits, ImageRejected, decode_image
+from .images import ImageLimits, ImageRejected, decode_image
 from .quality import image_quality
 
 COLUMNS = {
@@ -40,19 +38,12 @@ COLUMNS = {
 }
 
 
-def _ext_format(extension: str) -> str:
-    if not extension:
-        return "(no extension)"
-    fmt = Image.registered_extensions().get(extension)
-    return FORMAT_ALIASES.get(fmt, fmt) if fmt else f"(not an image extension: {extension})"
-
-
 def entry_row(entry: Entry, error: str | None = None) -> dict:
     rel = entry.rel.split("/")
     extension = os.path.splitext(rel[-1])[1].lower()
     row = dict.fromkeys(COLUMNS)
     row.update(path=entry.rel, label=rel[0] if len(rel) > 1 else None, extension=extension)
-    row.update(ext_format=_ext_format(extension), bytes=entry.size, mtime_ns=entry.mtime_ns, decoded=False)
+    row.update(bytes=entry.size, mtime_ns=entry.mtime_ns, decoded=False)  # ext_format: filled by the manifest
     row["error"] = error or entry.problem
     return row
 
@@ -105,3 +96,8 @@ def inspect_entry(entry: Entry, limits: ImageLimits) -> dict:
     except Exception as e:  # decodes, but a measurement fails: still a file that should not train
         row.update(decoded=False, error=f"decodes, but its pixels cannot be measured ({type(e).__name__}: {e})")
     return row
+
+
+def inspect_entries(entries: list[Entry], limits: ImageLimits) -> list[dict]:
+    """`inspect_entry` for a batch of entries (one round trip to a worker)."""
+    return [inspect_entry(e, limits) for e in entries]

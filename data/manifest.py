@@ -18,18 +18,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import as_completed
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lensops.settings import ValidateSettings
 
 from .decoder_pool import DecoderPool, available_cpus
 from .files import Entry, list_entries
-from .images import ImageLimits, ImageRejected
-from .inspection import COLUMNS, entry_row, inspect_entry
+from .images import FORMAT_ALIASES, ImageLimits, ImageRejected
+from .inspection import COLUMNS, entry_row, inspect_entries, inspect_entry
 
 __all__ = ["COLUMNS", "available_cpus", "build_manifest", "inspect_entry", "read_manifest", "write_manifest"]
 
@@ -52,23 +53,52 @@ def _progress(total: int, enabled: bool) -> Progress:
     )
 
 
+# Small files go to the workers in batches (one round trip per batch instead of per file). A
+# batch shares one file's deadline; a batch that overruns it, runs out of memory or kills its
+# worker is sent again one file at a time, so every file is still judged by itself.
+_BATCH_FILES = 32
+_BATCH_BYTES = 4 * 2**20
+
+
+def _batches(entries: list[Entry], workers: int) -> list[list[Entry]]:
+    most = max(1, min(_BATCH_FILES, len(entries) // (workers * 4)))  # enough batches to keep all busy
+    batches: list[list[Entry]] = [[]]
+    size = 0
+    for e in entries:
+        if batches[-1] and (len(batches[-1]) >= most or size + e.size > _BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(e)
+        size += e.size
+    return [b for b in batches if b]
+
+
+def _failed(batch: list[Entry], error: BaseException) -> list[dict]:
+    detail = error.detail if isinstance(error, ImageRejected) else f"inspection failed ({type(error).__name__})"
+    return [entry_row(e, detail) for e in batch]
+
+
 def _inspect_isolated(entries: list[Entry], limits: ImageLimits, cfg: ValidateSettings, workers, meanwhile, bar):
-    """Each file in a worker under the deadline and memory cap; a failed worker fails one row."""
-    rows = []
+    """Every file in a worker under the deadline and the memory cap; a failed worker fails one row."""
+    rows: list[dict] = []
     with DecoderPool(workers=workers, timeout_s=cfg.decode_timeout_s, memory_mb=cfg.worker_memory_mb) as pool:
-        futures = {pool.submit(inspect_entry, e, limits): e for e in entries}
+        pending = {pool.submit(inspect_entries, b, limits): b for b in _batches(entries, pool.workers)}
         if meanwhile:
             meanwhile()
         with bar:
             task = bar.add_task("inspect", total=len(entries))
-            for future in as_completed(futures):
-                try:
-                    rows.append(future.result())
-                except ImageRejected as e:  # the worker overran, ran out of memory or died
-                    rows.append(entry_row(futures[future], e.detail))
-                except Exception as e:  # a row that cannot come back (it should not happen): still a row
-                    rows.append(entry_row(futures[future], f"inspection failed ({type(e).__name__}: {e})"))
-                bar.advance(task)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    batch = pending.pop(future)
+                    try:
+                        rows += future.result()
+                    except Exception as e:  # the worker overran, ran out of memory or died
+                        if len(batch) > 1:
+                            pending.update({pool.submit(inspect_entries, [one], limits): [one] for one in batch})
+                            continue
+                        rows += _failed(batch, e)
+                    bar.advance(task, len(batch))
     return rows
 
 
@@ -123,7 +153,16 @@ def build_manifest(
             meanwhile()
         rows += [inspect_entry(e, limits) for e in todo]
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame["ext_format"] = frame["extension"].map(ext_format)
     return frame.astype(COLUMNS).sort_values("path", ignore_index=True)
+
+
+def ext_format(extension: str) -> str:
+    """The format a file name promises (from its extension)."""
+    if not extension:
+        return "(no extension)"
+    fmt = Image.registered_extensions().get(extension)
+    return FORMAT_ALIASES.get(fmt, fmt) if fmt else f"(not an image extension: {extension})"
 
 
 def _key(cfg: ValidateSettings) -> str:

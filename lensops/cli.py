@@ -152,6 +152,9 @@ def _print_validation(result) -> None:
         out.print(bad)
         if len(result.bad_files) > len(shown):
             out.print(f"… and {len(result.bad_files) - len(shown)} more in the report")
+    if result.near_duplicates:
+        n = sum(len(g) for g in result.near_duplicates)
+        out.print(f"near-duplicate groups: {len(result.near_duplicates)} ({n} images; listed in the report)")
 
 
 @data_app.command("prepare")
