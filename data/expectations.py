@@ -77,6 +77,14 @@ def row_rules(cfg: ValidateSettings, twins: dict[str, list[str]], near: dict[str
             gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height),
             lambda r: f"{r['width']}x{r['height']} is shorter than the minimum height {cfg.min_height}",
         ),
+        *_duplicate_rules(twins, near),
+    ]
+
+
+def _duplicate_rules(twins: dict[str, list[str]], near: dict[str, list[str]]) -> list[Rule]:
+    import great_expectations.expectations as gxe
+
+    return [
         (
             "identical_images_share_one_label",
             gxe.ExpectColumnValuesToBeBetween(column="labels_with_same_content", max_value=1),
