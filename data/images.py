@@ -248,8 +248,13 @@ def decode_image(
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """The image as it should be displayed (EXIF orientation applied); as stored if its EXIF is unusable."""
+    """The image as it should be displayed (EXIF orientation applied); as stored if its EXIF is unusable.
+
+    Returns the image itself when it needs no turning (no copy).
+    """
     try:
+        if image.getexif().get(0x0112, 1) not in (2, 3, 4, 5, 6, 7, 8):
+            return image
         return ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block loses its orientation, never the image
         return image

@@ -95,13 +95,18 @@ def near_group_ids(manifest: pd.DataFrame, cfg: ValidateSettings) -> pd.Series:
     return pd.Series(near_groups(list(hashes), distance or 0), index=manifest.index, name="near_group")
 
 
+def _shared_groups(manifest: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    """The readable rows whose near-duplicate group has other members, with a `group` column."""
+    frame = manifest.assign(group=groups)[_readable(manifest)]
+    return frame[frame["group"].map(frame["group"].value_counts()) > 1]
+
+
 def _near_twins(manifest: pd.DataFrame, groups: pd.Series) -> dict[str, list[str]]:
     """path -> paths of its near copies (other bytes) filed under another label."""
     twins: dict[str, list[str]] = {}
-    frame = manifest.assign(group=groups)[_readable(manifest)]
-    for _, members in frame.groupby("group"):
-        if members["label"].nunique() < 2:
-            continue
+    frame = _shared_groups(manifest, groups)
+    mixed = frame[frame.groupby("group")["label"].transform("nunique") > 1]
+    for _, members in mixed.groupby("group"):
         for row in members.itertuples():
             others = members[(members["label"] != row.label) & (members["sha256"] != row.sha256)]
             if len(others):
@@ -111,9 +116,9 @@ def _near_twins(manifest: pd.DataFrame, groups: pd.Series) -> dict[str, list[str
 
 def near_duplicate_groups(manifest: pd.DataFrame, groups: pd.Series) -> list[list[str]]:
     """Groups of readable images that are one picture in at least two different files."""
-    frame = manifest.assign(group=groups)[_readable(manifest)]
-    sized = frame.groupby("group").filter(lambda g: g["sha256"].nunique() > 1)
-    return sorted(sorted(g.tolist()) for _, g in sized.groupby("group")["path"])
+    frame = _shared_groups(manifest, groups)
+    frame = frame[frame.groupby("group")["sha256"].transform("nunique") > 1]
+    return sorted(sorted(g.tolist()) for _, g in frame.groupby("group")["path"])
 
 
 def _with_derived_columns(manifest: pd.DataFrame, near: dict[str, list[str]]) -> pd.DataFrame:
