@@ -39,12 +39,12 @@ def grey_image(image: Image.Image, side: int = WORK_SIDE) -> Image.Image:
     """
     image = upright(image)
     if max(image.size) > side:
-        try:
-            image = image.copy()
-            image.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        scale = side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        try:  # a new small image, without a full-size copy first
+            image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         except (ValueError, OSError):  # a mode Pillow cannot resize: convert first, then reduce
-            image = to_rgb(image)
-            image.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            image = to_rgb(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     if image.mode == "L":
         return image
     return (image if image.mode == "RGB" else to_rgb(image)).convert("L")
