@@ -124,7 +124,8 @@ def plot_quality(manifest: pd.DataFrame, quality, path: Path) -> Path:
         ax.bar(modes.index, modes[mode], bottom=bottom, label=str(mode))
         bottom = modes[mode] if bottom is None else bottom + modes[mode]
     ax.set_title("colour modes", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    if len(modes.columns):
+        ax.legend(fontsize=7, frameon=False)
     axes.flat[5].axis("off")
     axes.flat[5].text(0, 0.5, "dashed: thresholds in\nvalidate.quality", fontsize=8)
     fig.tight_layout()
