@@ -88,3 +88,48 @@ def plot_augmentations(rows: list[tuple[str, list]], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_quality(manifest: pd.DataFrame, quality, path: Path) -> Path:
+    """Brightness, contrast, blur, aspect ratio (box plots) and colour modes (stacked bars) per class.
+
+    `quality` is the `validate.quality` settings: their thresholds are drawn as dashed lines.
+    """
+    labels = sorted(manifest["label"].dropna().unique())
+    plt, fig, _ = _figure(1)
+    plt.close(fig)
+    width = min(18.0, max(9.0, 0.5 * len(labels) * 3 + 3))
+    fig, axes = plt.subplots(2, 3, figsize=(width, 6.4), dpi=110)
+    low, high = quality.aspect_ratio_range
+    panels = [
+        ("brightness", "brightness (mean grey)", [quality.dark_below, quality.bright_above], False),
+        ("contrast", "contrast (grey std)", [quality.low_contrast_below], False),
+        ("blur", "sharpness (variance of Laplacian)", [quality.blur_below], True),
+        ("aspect_ratio", "aspect ratio (width / height)", [low, high], True),
+    ]
+    for ax, (column, title, lines, log) in zip(axes.flat, panels, strict=False):
+        values = [manifest.loc[manifest["label"] == c, column].dropna().astype(float).to_numpy() for c in labels]
+        if log:
+            values = [v[v > 0] for v in values]
+            ax.set_yscale("log")
+        ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=90 if len(labels) > 12 else 0)
+        for y in lines:
+            if not log or y > 0:
+                ax.axhline(y, color="#dd5555", linestyle="--", linewidth=1)
+        ax.set_title(title, fontsize=9)
+    modes = manifest.groupby(["label", "mode"]).size().unstack(fill_value=0).reindex(labels, fill_value=0)
+    ax, bottom = axes.flat[4], None
+    for mode in modes.columns:
+        ax.bar(modes.index, modes[mode], bottom=bottom, label=str(mode))
+        bottom = modes[mode] if bottom is None else bottom + modes[mode]
+    ax.set_title("colour modes", fontsize=9)
+    if len(modes.columns):
+        ax.legend(fontsize=7, frameon=False)
+    axes.flat[5].axis("off")
+    axes.flat[5].text(0, 0.5, "dashed: thresholds in\nvalidate.quality", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,7 +1,9 @@
 """Deterministic, stratified, leak-free train/val/test splits.
 
-Identical images (same sha256) form one group and always land in the same split, so a
-duplicate can never put a test image into training. Within each class the groups are
+Identical images (same sha256) and near copies (pHash within
+`validate.near_duplicates.max_distance`: resized, re-encoded, slightly cropped or brightened
+copies) form one group and always land in the same split, so a duplicate can never put a test
+image, or a near copy of it, into training. Within each class the groups are
 ordered by a seeded hash of their content and cut at the requested fractions. That order
 does not depend on file names, listing order or machine, and when images are added later
 the existing ones mostly keep their split (only those near a cut point move), which keeps
@@ -23,7 +25,7 @@ from lensops.core.settings import PrepareSettings, Settings
 
 from .manifest import build_manifest, read_manifest
 from .plots import plot_splits
-from .validation import ValidationReport, load_suite_library, valid_mask, validate_manifest
+from .validation import ValidationReport, load_suite_library, near_group_ids, valid_mask, validate_manifest
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.parquet"
@@ -63,16 +65,24 @@ def _cut(n: int, cfg: PrepareSettings) -> tuple[int, int]:
     return n_val, n_test
 
 
-def assign_splits(manifest: pd.DataFrame, cfg: PrepareSettings) -> pd.Series:
-    """The split of every row (aligned with `manifest`), stratified by label, grouped by sha256."""
-    groups = manifest.groupby("sha256", sort=False)["label"].first().to_frame()
-    groups["key"] = [hashlib.sha256(f"{cfg.seed}:{sha}".encode()).hexdigest() for sha in groups.index]
+def assign_splits(manifest: pd.DataFrame, cfg: PrepareSettings, near: pd.Series | None = None) -> pd.Series:
+    """The split of every row (aligned with `manifest`), stratified by label.
+
+    Rows with the same sha256 are one group; `near` (a group id per row) joins near copies too.
+    A group is known by its smallest sha256, so its place in the order does not depend on
+    which of its members is listed first.
+    """
+    key = manifest["sha256"]
+    if near is not None:
+        key = key.groupby(near.to_numpy()).transform("min")
+    groups = manifest.assign(key=key).groupby("key", sort=False)["label"].first().to_frame()
+    groups["order"] = [hashlib.sha256(f"{cfg.seed}:{sha}".encode()).hexdigest() for sha in groups.index]
     split_of: dict[str, str] = {}
-    for _, members in groups.sort_values("key").groupby("label", sort=True):
+    for _, members in groups.sort_values("order").groupby("label", sort=True):
         n_val, n_test = _cut(len(members), cfg)
         for i, sha in enumerate(members.index):
             split_of[sha] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return manifest["sha256"].map(split_of).rename("split")
+    return key.map(split_of).rename("split")
 
 
 def prepare_dataset(
@@ -82,10 +92,8 @@ def prepare_dataset(
     raw = raw or settings.path(settings.data.raw)
     out = out or settings.path(settings.data.prepared)
     vcfg = settings.validate_
-    previous = read_manifest(settings.path(vcfg.manifest), max_pixels=vcfg.max_pixels)
-    manifest = build_manifest(
-        raw, max_pixels=vcfg.max_pixels, reuse=previous, progress=progress, meanwhile=load_suite_library
-    )
+    previous = read_manifest(settings.path(vcfg.manifest), cfg=vcfg)
+    manifest = build_manifest(raw, cfg=vcfg, reuse=previous, progress=progress, meanwhile=load_suite_library)
     report = validate_manifest(manifest, vcfg, settings.data.classes or None)
     if not report.ok:
         raise DatasetInvalidError(report, raw)
@@ -94,7 +102,7 @@ def prepare_dataset(
     classes = sorted(manifest["label"].unique())
     prepared = manifest[["path", "label", "sha256", "format", "width", "height", "mode", "bytes"]].copy()
     prepared.insert(2, "label_index", prepared["label"].map({c: i for i, c in enumerate(classes)}).astype("int64"))
-    prepared.insert(3, "split", assign_splits(manifest, settings.prepare))
+    prepared.insert(3, "split", assign_splits(manifest, settings.prepare, near_group_ids(manifest, vcfg)))
     counts = {
         s: {str(k): int(v) for k, v in prepared[prepared.split == s].groupby("label").size().items()} for s in SPLITS
     }

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from lensops.core.errors import UsageError
-from lensops.core.settings import PreprocessingSpec
+from lensops.core.settings import KNOWN_FORMATS, PreprocessingSpec
+
+from .images import ImageLimits, decode_image, to_rgb
 
 __all__ = [
     "EvalTransform",
@@ -47,24 +48,6 @@ _PIL_INTERPOLATION = {
 
 class AugmentationError(UsageError):
     """An augmentation in params.yaml names an unknown transform or argument, or a bad value."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright 8-bit RGB from any PIL image: EXIF rotation applied, transparency flattened on black."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale the full range to 8 bits instead of clipping at 255.
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        image = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
 
 
 def resize(image: Image.Image, spec: PreprocessingSpec) -> Image.Image:
@@ -127,11 +110,16 @@ def image_stats(rgb: Image.Image) -> dict[str, float]:
     }
 
 
+# Files that validation accepted: any format lensops knows, no size limits (they were applied then).
+_TRUSTED = ImageLimits.of(KNOWN_FORMATS, max_bytes=2**62, max_pixels=2**62, max_frames=2**31)
+
+
 def decode(data: bytes) -> Image.Image:
-    """Bytes -> a fully loaded PIL image (raises on truncated or unidentifiable data)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
+    """Bytes of a validated file -> its first frame, loaded, by the shared decoder, in this process.
+
+    Raises `data.images.ImageRejected` (a ValueError) on bytes that do not decode.
+    """
+    return decode_image(data, _TRUSTED).image
 
 
 # --- augmentation ----------------------------------------------------------------------------

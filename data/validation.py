@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +19,12 @@ import pandas as pd
 
 from lensops.core.settings import Settings, ValidateSettings
 
+from .expectations import quality_rules, row_rules
 from .manifest import build_manifest, write_manifest
-from .plots import plot_class_health
+from .near_duplicates import near_groups
+from .plots import plot_class_health, plot_quality
+
+QUALITY_CHART = "data_quality.png"  # next to the report
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ValidationReport:
     n_classes: int
     bad_files: list[dict] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)
+    near_duplicates: list[list[str]] = field(default_factory=list)  # same picture, other bytes (pHash)
     expectations: list[Expectation] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
     raw: str = ""
@@ -52,71 +56,6 @@ class ValidationReport:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(self.to_json() + "\n")
         os.replace(tmp, path)
-
-
-def _mp(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} MP"
-
-
-def _row_rules(
-    cfg: ValidateSettings, twins: dict[str, list[str]]
-) -> list[tuple[str, object, Callable[[pd.Series], str]]]:
-    """(name, GE expectation, reason for a failing row) for each per-file rule.
-
-    `twins` maps a path to the other paths with identical bytes under another label.
-    """
-    import great_expectations.expectations as gxe
-
-    allowed = ", ".join(cfg.formats)
-    return [
-        (
-            "files_decode",
-            gxe.ExpectColumnValuesToBeNull(column="error"),
-            lambda r: r["error"],
-        ),
-        (
-            "files_inside_class_folder",
-            gxe.ExpectColumnValuesToNotBeNull(column="label"),
-            lambda r: "not inside a class folder (expected raw/<label>/<file>)",
-        ),
-        (
-            "extension_matches_content",
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A="ext_format", column_B="format", ignore_row_if="either_value_is_missing"
-            ),
-            lambda r: f"extension {r['extension'] or '(none)'} does not match its content ({r['format']})",
-        ),
-        (
-            "format_allowed",
-            gxe.ExpectColumnValuesToBeInSet(column="format", value_set=list(cfg.formats)),
-            lambda r: f"format {r['format']} is not allowed (allowed: {allowed})",
-        ),
-        (
-            "pixels_under_limit",
-            gxe.ExpectColumnValuesToBeBetween(column="pixels", max_value=cfg.max_pixels),
-            lambda r: (
-                f"{r['width']}x{r['height']}"
-                + (f"x{r['frames']} frames" if r["frames"] and r["frames"] > 1 else "")
-                + f" = {_mp(r['pixels'])} exceeds the {_mp(cfg.max_pixels)} limit"
-                " (possible decompression bomb; not decoded)"
-            ),
-        ),
-        (
-            "width_at_least_minimum",
-            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width),
-            lambda r: f"{r['width']}x{r['height']} is narrower than the minimum width {cfg.min_width}",
-        ),
-        (
-            "height_at_least_minimum",
-            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height),
-            lambda r: f"{r['width']}x{r['height']} is shorter than the minimum height {cfg.min_height}",
-        ),
-        (
-            "identical_images_share_one_label",
-            gxe.ExpectColumnValuesToBeBetween(column="labels_with_same_content", max_value=1),
-            lambda r: f"identical to {', '.join(twins.get(r['path'], []))} (a different label)",
-        ),
-    ]
 
 
 def load_suite_library() -> None:
@@ -145,13 +84,53 @@ def _validate(frame: pd.DataFrame, name: str, expectations: list) -> list:
     return batch.validate(suite, result_format="COMPLETE").results
 
 
-def _with_derived_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+def _readable(manifest: pd.DataFrame) -> pd.Series:
+    return manifest["error"].isna() & manifest["label"].notna()
+
+
+def near_group_ids(manifest: pd.DataFrame, cfg: ValidateSettings) -> pd.Series:
+    """A near-duplicate group id per row (its own id when it has no near copy, or the check is off)."""
+    distance = cfg.near_duplicates.max_distance
+    hashes = manifest["phash"].where(_readable(manifest)) if distance is not None else [None] * len(manifest)
+    return pd.Series(near_groups(list(hashes), distance or 0), index=manifest.index, name="near_group")
+
+
+def _shared_groups(manifest: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
+    """The readable rows whose near-duplicate group has other members, with a `group` column."""
+    frame = manifest.assign(group=groups)[_readable(manifest)]
+    return frame[frame["group"].map(frame["group"].value_counts()) > 1]
+
+
+def _near_twins(manifest: pd.DataFrame, groups: pd.Series) -> dict[str, list[str]]:
+    """path -> paths of its near copies (other bytes) filed under another label."""
+    twins: dict[str, list[str]] = {}
+    frame = _shared_groups(manifest, groups)
+    mixed = frame[frame.groupby("group")["label"].transform("nunique") > 1]
+    for _, members in mixed.groupby("group"):
+        for row in members.itertuples():
+            others = members[(members["label"] != row.label) & (members["sha256"] != row.sha256)]
+            if len(others):
+                twins[row.path] = sorted(others["path"])
+    return twins
+
+
+def near_duplicate_groups(manifest: pd.DataFrame, groups: pd.Series) -> list[list[str]]:
+    """Groups of readable images that are one picture in at least two different files."""
+    frame = _shared_groups(manifest, groups)
+    frame = frame[frame.groupby("group")["sha256"].transform("nunique") > 1]
+    return sorted(sorted(g.tolist()) for _, g in frame.groupby("group")["path"])
+
+
+def _with_derived_columns(manifest: pd.DataFrame, near: dict[str, list[str]]) -> pd.DataFrame:
     frame = manifest.copy()
-    readable = frame["error"].isna() & frame["label"].notna()
+    readable = _readable(frame)
     per_sha = frame[readable].groupby("sha256")["label"].nunique()
     frame["labels_with_same_content"] = frame["sha256"].map(per_sha).where(readable).astype("Int64")
+    near_count = frame["path"].map(lambda p: 2 if p in near else 1)
+    frame["labels_with_near_copies"] = near_count.where(readable).astype("Int64")
     # GE's pandas engine compares plain objects; nullable extension arrays become object/float.
-    return frame.astype({c: "object" for c in frame.columns if str(frame[c].dtype) == "string"})
+    frame = frame.astype({c: "object" for c in frame.columns if str(frame[c].dtype) == "string"})
+    return frame.astype({c: "float64" for c in frame.columns if str(frame[c].dtype) == "Float64"})
 
 
 def valid_mask(manifest: pd.DataFrame, cfg: ValidateSettings) -> pd.Series:
@@ -168,30 +147,16 @@ def valid_mask(manifest: pd.DataFrame, cfg: ValidateSettings) -> pd.Series:
     )
 
 
-def validate_manifest(
-    manifest: pd.DataFrame, cfg: ValidateSettings, classes: list[str] | None = None
-) -> ValidationReport:
-    """Run the suite. `classes`, when given, is the exact set of labels expected."""
-    import great_expectations.expectations as gxe
-
-    frame = _with_derived_columns(manifest)
-    duplicates = cross_label_duplicates(manifest)
-    twins = {p: [q for q in group if q != p] for group in duplicates for p in group}
-    rules = _row_rules(cfg, twins)
+def _named(rules: list, extra: list) -> list:
     expectations = []
     for name, gx_exp, _ in rules:
         gx_exp.meta = {"name": name}
         expectations.append(gx_exp)
-    if classes:
-        expectations.append(
-            gxe.ExpectColumnDistinctValuesToEqualSet(
-                column="label", value_set=list(classes), meta={"name": "labels_match_params"}
-            )
-        )
-    results = _validate(frame, "manifest", expectations) if len(frame) else []
-    by_name = {r.expectation_config.meta["name"]: r for r in results}
+    return expectations + extra
 
-    report = ValidationReport(ok=True, n_images=len(manifest), n_classes=0)
+
+def _row_results(report: ValidationReport, rules: list, by_name: dict, manifest: pd.DataFrame) -> dict[int, list[str]]:
+    """Each row rule's verdict into the report; the reasons of each failing row."""
     reasons: dict[int, list[str]] = {}
     for name, _, why in rules:
         if name not in by_name:
@@ -200,46 +165,96 @@ def validate_manifest(
         bad = result.result.get("unexpected_index_list") or []
         for idx in bad:
             reasons.setdefault(int(idx), []).append(why(manifest.loc[idx]))
-        total = result.result.get("element_count", len(frame))
+        total = result.result.get("element_count", len(manifest))
         detail = "all files pass" if result.success else f"{len(bad)} of {total} files fail"
         report.expectations.append(Expectation(name, bool(result.success), detail))
-    if classes and "labels_match_params" in by_name:
-        result = by_name["labels_match_params"]
-        found = sorted(set(manifest["label"].dropna()))
-        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
-        detail = "labels match params" if result.success else f"missing: {missing or '-'}; not expected: {extra or '-'}"
-        report.expectations.append(Expectation("labels_match_params", bool(result.success), detail))
+    return reasons
 
-    if not len(manifest):
-        report.expectations.append(Expectation("has_images", False, "no files found"))
+
+def _quality_results(report: ValidationReport, rules: list, by_name: dict, manifest: pd.DataFrame) -> None:
+    for name, _, what in rules:
+        result = by_name[name].result
+        bad = [manifest.at[int(i), "path"] for i in result.get("unexpected_index_list") or []]
+        mostly = by_name[name].expectation_config.kwargs.get("mostly", 1.0)
+        share = f"{len(bad)} of {result.get('element_count', 0) - result.get('missing_count', 0)} images"
+        detail = f"{share} {what}; at most {1 - mostly:.1%} allowed"
+        if bad:
+            detail += f" (e.g. {', '.join(bad[:3])})"
+        report.expectations.append(Expectation(name, bool(by_name[name].success), detail))
+
+
+def _labels_result(report: ValidationReport, by_name: dict, manifest: pd.DataFrame, classes: list[str]) -> None:
+    result = by_name["labels_match_params"]
+    found = sorted(set(manifest["label"].dropna()))
+    missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+    detail = "labels match params" if result.success else f"missing: {missing or '-'}; not expected: {extra or '-'}"
+    report.expectations.append(Expectation("labels_match_params", bool(result.success), detail))
+
+
+def _class_counts(report: ValidationReport, manifest: pd.DataFrame, cfg: ValidateSettings, classes) -> None:
+    """Valid images per class, and the per-class minimum as an expectation over a small table."""
+    import great_expectations.expectations as gxe
 
     good = valid_mask(manifest, cfg)
     labels = sorted(set(manifest["label"].dropna()) | set(classes or []))
     counts = manifest[good].groupby("label").size().reindex(labels, fill_value=0)
     report.class_counts = {str(k): int(v) for k, v in counts.items()}
     report.n_classes = len(labels)
-    if labels:
-        class_frame = pd.DataFrame({"label": labels, "n_images": counts.to_numpy()})
-        (result,) = _validate(
-            class_frame,
-            "classes",
-            [gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=cfg.min_images_per_class)],
-        )
-        short = [
-            f"{class_frame.label[i]!r} has {class_frame.n_images[i]}"
-            for i in result.result.get("unexpected_index_list") or []
-        ]
-        detail = (
-            f"every class has at least {cfg.min_images_per_class} valid images"
-            if result.success
-            else f"{'; '.join(short)} valid images (minimum {cfg.min_images_per_class})"
-        )
-        report.expectations.append(Expectation("min_images_per_class", bool(result.success), detail))
+    if not labels:
+        return
+    class_frame = pd.DataFrame({"label": labels, "n_images": counts.to_numpy()})
+    minimum = cfg.min_images_per_class
+    (result,) = _validate(
+        class_frame, "classes", [gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=minimum)]
+    )
+    short = [
+        f"{class_frame.label[i]!r} has {class_frame.n_images[i]}"
+        for i in result.result.get("unexpected_index_list") or []
+    ]
+    detail = (
+        f"every class has at least {minimum} valid images"
+        if result.success
+        else f"{'; '.join(short)} valid images (minimum {minimum})"
+    )
+    report.expectations.append(Expectation("min_images_per_class", bool(result.success), detail))
 
+
+def validate_manifest(
+    manifest: pd.DataFrame, cfg: ValidateSettings, classes: list[str] | None = None
+) -> ValidationReport:
+    """Run the suite. `classes`, when given, is the exact set of labels expected."""
+    import great_expectations.expectations as gxe
+
+    duplicates = cross_label_duplicates(manifest)
+    twins = {p: [q for q in group if q != p] for group in duplicates for p in group}
+    groups = near_group_ids(manifest, cfg)
+    near = _near_twins(manifest, groups)
+    rules, quality = row_rules(cfg, twins, near), quality_rules(cfg.quality)
+    extra = []
+    if classes:
+        extra.append(
+            gxe.ExpectColumnDistinctValuesToEqualSet(
+                column="label", value_set=list(classes), meta={"name": "labels_match_params"}
+            )
+        )
+    frame = _with_derived_columns(manifest, near)
+    results = _validate(frame, "manifest", _named(rules + quality, extra)) if len(frame) else []
+    by_name = {r.expectation_config.meta["name"]: r for r in results}
+
+    report = ValidationReport(ok=True, n_images=len(manifest), n_classes=0)
+    reasons = _row_results(report, rules, by_name, manifest)
+    if len(frame):
+        _quality_results(report, quality, by_name, manifest)
+    if classes and "labels_match_params" in by_name:
+        _labels_result(report, by_name, manifest, classes)
+    if not len(manifest):
+        report.expectations.append(Expectation("has_images", False, "no files found"))
+    _class_counts(report, manifest, cfg, classes)
     report.bad_files = [
         {"path": manifest.at[i, "path"], "reason": "; ".join(dict.fromkeys(rs))} for i, rs in sorted(reasons.items())
     ]
     report.duplicates = duplicates
+    report.near_duplicates = near_duplicate_groups(manifest, groups)
     report.ok = all(e.success for e in report.expectations)
     return report
 
@@ -288,11 +303,11 @@ def validate_dataset(
     """The `validate` stage: manifest, suite, report (and the manifest kept for `prepare`)."""
     raw = raw or settings.path(settings.data.raw)
     cfg = settings.validate_
-    manifest = build_manifest(raw, max_pixels=cfg.max_pixels, progress=progress, meanwhile=load_suite_library)
+    manifest = build_manifest(raw, cfg=cfg, progress=progress, meanwhile=load_suite_library)
     report = validate_manifest(manifest, cfg, settings.data.classes or None)
     report.raw = str(raw)
     report.generated_at = datetime.now(UTC).isoformat(timespec="seconds")
-    write_manifest(manifest, settings.path(cfg.manifest), max_pixels=cfg.max_pixels)
+    write_manifest(manifest, settings.path(cfg.manifest), cfg=cfg)
     report_path = report_path or settings.path(cfg.report)
     bad_labels = manifest.set_index("path").loc[[b["path"] for b in report.bad_files], "label"].dropna()
     plot_class_health(
@@ -301,6 +316,7 @@ def validate_dataset(
         report_path.with_suffix(".png"),
         minimum=cfg.min_images_per_class,
     )
+    plot_quality(manifest[valid_mask(manifest, cfg)], cfg.quality, report_path.with_name(QUALITY_CHART))
     if quarantine_dir is not None and report.bad_files:
         report.quarantined = quarantine(raw, report.bad_files, quarantine_dir)
     report.write(report_path)

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from .common import LensopsGroup, Overrides, out, settings_for
+from .common import LensopsGroup, Overrides, fail, out, settings_for
 
 app = typer.Typer(no_args_is_help=True, cls=LensopsGroup, help="Datasets: the demo digits, validation, splits.")
 
@@ -93,6 +94,9 @@ def _print_validation(result) -> None:
         out.print(bad)
         if len(result.bad_files) > len(shown):
             out.print(f"… and {len(result.bad_files) - len(shown)} more in the report")
+    if result.near_duplicates:
+        n = sum(len(g) for g in result.near_duplicates)
+        out.print(f"near-duplicate groups: {len(result.near_duplicates)} ({n} images; listed in the report)")
 
 
 @app.command("prepare")
@@ -117,3 +121,50 @@ def data_prepare(
     out.print(table)
     target = out_dir or settings.path(settings.data.prepared)
     out.print(f"wrote {target}/manifest.parquet and classes.json; split sizes in metrics/data.json")
+
+
+@app.command("diff")
+def data_diff(
+    ctx: typer.Context,
+    rev_a: Annotated[str, typer.Argument(help="Git revision of the .dvc file to compare from.")] = "HEAD",
+    rev_b: Annotated[str | None, typer.Argument(help="Git revision to compare to (default: the working tree).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    overrides: Overrides = None,
+) -> None:
+    """Images added, removed and relabelled between two versions of data/raw.dvc, per class."""
+    from data.diff import diff_data
+
+    settings = settings_for(ctx, overrides)
+    raw = settings.path(settings.data.raw)
+    try:
+        target = raw.resolve().relative_to(settings.root.resolve()).as_posix()
+    except ValueError:
+        fail(f"data.raw ({raw}) is not inside the project {settings.root}")
+    result = diff_data(settings.root, rev_a, rev_b, target)
+    if as_json:
+        typer.echo(result.to_json())
+        return
+    _print_diff(result)
+
+
+def _print_diff(result) -> None:
+    table = Table(title=f"data/raw: {result.rev_a} -> {result.rev_b}", title_justify="left")
+    for column in ("class", "before", "after", "added", "removed", "relabelled in", "relabelled out", "share"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for c in result.classes:
+        change = f"{c['share_before']:.1%} -> {c['share_after']:.1%} ({c['share_change']:+.1%})"
+        counts = [c[k] for k in ("before", "after", "added", "removed", "relabelled_in", "relabelled_out")]
+        table.add_row(escape(c["label"]), *(str(v) for v in counts), change)
+    table.add_row("[bold]all", f"[bold]{result.n_before}", f"[bold]{result.n_after}", str(len(result.added)),
+                  str(len(result.removed)), str(len(result.relabelled)), "", "")  # fmt: skip
+    out.print(table)
+    for r in result.relabelled[:20]:
+        moved = f"relabelled {', '.join(r['paths_before'])} -> {', '.join(r['paths_after'])}"
+        out.print(escape(moved), highlight=False, soft_wrap=True)
+    if len(result.relabelled) > 20:
+        out.print(f"… and {len(result.relabelled) - 20} more relabelled images (--json lists them all)")
+    sources = sorted({r["source"] for r in result.provenance})
+    if sources:
+        named = sum(1 for a in result.added if "provenance" in a)
+        out.print(f"provenance: {len(result.provenance)} records in {', '.join(sources)}; "
+                  f"{named} of {len(result.added)} added images named there", soft_wrap=True)  # fmt: skip

@@ -28,14 +28,57 @@ class DemoSettings(Section):
     size: int = Field(32, ge=8, le=512)
 
 
+class QualitySettings(Section):
+    """Expectations on how the images look; each is off while its `max_..._fraction` is null.
+
+    An image counts as dark, bright, flat, blurry or oddly shaped by the threshold next to it;
+    the expectation fails when more than the given fraction of the images (0-1) do.
+    """
+
+    dark_below: float = Field(20.0, ge=0, le=255, description="mean grey level (0-255) under which an image is dark")
+    max_dark_fraction: float | None = Field(None, ge=0, le=1)
+    bright_above: float = Field(235.0, ge=0, le=255, description="mean grey level over which an image is washed out")
+    max_bright_fraction: float | None = Field(None, ge=0, le=1)
+    low_contrast_below: float = Field(10.0, ge=0, description="grey-level standard deviation under which it is flat")
+    max_low_contrast_fraction: float | None = Field(None, ge=0, le=1)
+    blur_below: float = Field(10.0, ge=0, description="variance of the Laplacian under which an image is blurry")
+    max_blurry_fraction: float | None = Field(None, ge=0, le=1)
+    aspect_ratio_range: tuple[float, float] = Field((0.25, 4.0), description="width/height outside it is odd")
+    max_odd_aspect_fraction: float | None = Field(None, ge=0, le=1)
+    modes: list[str] | None = Field(None, description="colour modes expected (e.g. [RGB, L]); null: any")
+    max_other_mode_fraction: float = Field(0.0, ge=0, le=1, description="with `modes`: share allowed outside them")
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> QualitySettings:
+        low, high = self.aspect_ratio_range
+        if not 0 < low <= high:
+            raise ValueError(f"aspect_ratio_range must be [low, high] with 0 < low <= high, got {[low, high]}")
+        return self
+
+
+class NearDuplicateSettings(Section):
+    """Near-identical images (resized, re-encoded, slightly cropped or brightened copies), by pHash."""
+
+    max_distance: int | None = Field(
+        4, ge=0, le=16, description="Hamming distance (of 64 bits) up to which two images are one picture; null: off"
+    )
+
+
 class ValidateSettings(Section):
     report: Path = Path("reports/data_validation.json")
     manifest: Path = Path("reports/data_manifest.parquet")
     formats: list[str] = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
     max_pixels: int = Field(40_000_000, gt=0)
+    max_bytes: int = Field(50 * 2**20, gt=0, description="a larger file is bad without being read")
+    max_frames: int = Field(1000, ge=1, description="frames counted (never walked) past this are bad")
     min_width: int = Field(8, ge=1)
     min_height: int = Field(8, ge=1)
     min_images_per_class: int = Field(10, ge=1)
+    decode_timeout_s: float = Field(10.0, gt=0, description="per file; a decoder still running is stopped")
+    worker_memory_mb: int = Field(768, ge=64, description="memory a decoding process may add to its start-up size")
+    workers: int | None = Field(None, ge=1, description="decoding processes; null: one per available core")
+    near_duplicates: NearDuplicateSettings = Field(default_factory=NearDuplicateSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
     @field_validator("formats")
     @classmethod
