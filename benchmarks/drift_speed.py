@@ -6,7 +6,7 @@ For each scenario (a shifted current set, and one drawn from the reference distr
 times, on the same 10k x 512 reference and current embeddings:
 
 (a) lensops' verdict: Evidently's embeddings drift method called directly on every row, plus
-    the predicted-label and image-stat column tests (`monitoring.drift`), as `lensops drift`
+    the predicted-label and image-stat column tests (`monitoring.checks`), as `lensops drift`
     decides before any plot;
 (b) (a) followed by the HTML report rendered from a `drift.report_sample` subsample, which is
     what `lensops drift` does in total;
@@ -34,7 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lensops.core.settings import DriftSettings
-from monitoring.drift import column_checks, embedding_frame, embeddings_verdict, render_report
+from monitoring.checks import column_checks, drift_method, embedding_frame, render_report, shift_test
 
 
 def frames(rows: int, dim: int, shift: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -58,7 +58,6 @@ def evidently_default(reference: np.ndarray, current: np.ndarray, cfg: DriftSett
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift
 
-    from monitoring.drift import drift_method
 
     ref, cur = embedding_frame(reference), embedding_frame(current)
     definition = DataDefinition(embeddings={"embedding": list(ref.columns)})
@@ -91,7 +90,7 @@ def main() -> None:
         reference, current = np.stack(baseline["embedding"].to_numpy()), np.stack(log["embedding"].to_numpy())
 
         started = time.perf_counter()
-        score, drift = embeddings_verdict(reference, current, cfg)
+        score, drift = shift_test(reference, current, cfg)
         column_checks(baseline, log, cfg)
         verdict_s = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as scratch:

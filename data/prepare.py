@@ -23,6 +23,7 @@ import pandas as pd
 from lensops.core.errors import CheckFailed, NotFound
 from lensops.core.settings import PrepareSettings, Settings
 
+from . import provenance
 from .manifest import build_manifest, read_manifest
 from .plots import plot_splits
 from .validation import ValidationReport, load_suite_library, near_group_ids, valid_mask, validate_manifest
@@ -103,6 +104,7 @@ def prepare_dataset(
     prepared = manifest[["path", "label", "sha256", "format", "width", "height", "mode", "bytes"]].copy()
     prepared.insert(2, "label_index", prepared["label"].map({c: i for i, c in enumerate(classes)}).astype("int64"))
     prepared.insert(3, "split", assign_splits(manifest, settings.prepare, near_group_ids(manifest, vcfg)))
+    prepared = provenance.attach(prepared, raw, settings.label.provenance_dir)  # source and batch, for slices
     counts = {
         s: {str(k): int(v) for k, v in prepared[prepared.split == s].groupby("label").size().items()} for s in SPLITS
     }

@@ -1,24 +1,24 @@
-"""Drift: what production sends, against what the served version was validated on.
+"""Drift: is production sending images from regions the served version has not learnt?
 
-`run_drift` reads the production log (`lensops.core.production_log`) for one model version and
-compares it with that version's baseline, registered with the model (the validation set's
-embeddings, predictions and image stats):
+`run_drift` reads the production log (`lensops.core.log_reader`) for one model version and
+compares it with that version's registered baseline: the embeddings of its training images and
+of its held-out validation images.
 
-- **embeddings**: Evidently's embeddings drift method (`model`, `mmd`, `ratio` or `distance`,
-  with the threshold from `params.yaml`), on every record. This is the verdict.
-- **predicted labels** against the validation predictions, and **image stats** (brightness,
-  contrast, width, height), with Evidently's column drift tests. Reported in `details`; they
-  explain a verdict but do not make it, so a shift in class mix alone is not called drift of
-  the inputs.
+- **The verdict** (`drift.verdict: novelty`, the default) is one-sided. Each production record's
+  novelty is its distance to the nearest training embeddings over the distance that all but
+  `1 - drift.novelty_quantile` of the held-out validation images stay within (`data.novelty`).
+  Drift is a share of novel records above `drift.novelty_share`. Production that is a subset of
+  what the version learnt is not drift, however its mix differs; after a retrain on labelled
+  production images the same traffic settles; a shift no training data covers still alarms.
+- **The shift** is Evidently's two-sample embeddings test (`drift.method`, `drift.threshold`)
+  against the validation images: whether production differs from them at all. It is a detail,
+  or the verdict with `drift.verdict: shift`.
+- **Details**: the predicted-label distribution and the image stats, by Evidently's column tests
+  (`monitoring.checks`); files in the log folder that could not be read, with why.
 
-The verdict does not wait for plots. Evidently's embeddings report spends almost all of its
-time in a t-SNE projection drawn for the HTML; here the decision is taken first, with the same
-Evidently method called directly, `drift.json` is written, and only then is the HTML report
-rendered from a subsample (`drift.report_sample` rows per side). `benchmarks/drift_speed.py`
-measures the difference.
-
-Outcomes: drift (exit 4), no drift (exit 0), too few records to judge (exit 5; never a verdict
-on a handful of requests).
+The verdict does not wait for plots: `drift.json` is written once, as soon as the verdict and its
+MLflow run exist, before Evidently's HTML report is rendered from a subsample. Outcomes: drift
+(exit 4), no drift (exit 0), too few records to judge (exit 5; never a verdict on a handful).
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.novelty import NoveltyReference
 from lensops.core import tags as T
 from lensops.core.errors import UsageError
-from lensops.core.production_log import read_log
+from lensops.core.log_reader import maintain, scan_log
 from lensops.core.registry import Registry, who
 from lensops.core.settings import DriftSettings, Settings
 
+from .checks import column_checks, render_report, shift_test
+
 NO_DRIFT, DRIFT, TOO_FEW = "no_drift", "drift", "too_few_records"
 EXIT_CODES = {NO_DRIFT: 0, DRIFT: 4, TOO_FEW: 5}
-STAT_COLUMNS = ("brightness", "contrast", "width", "height")
-P_VALUE_TESTS = {"ks", "chisquare", "z", "fisher_exact", "mannw", "t_test", "cramer_von_mises", "anderson", "g_test"}
 
 
 class DriftError(UsageError):
@@ -52,7 +53,7 @@ class DriftError(UsageError):
 class DriftResult:
     verdict: str  # no_drift | drift | too_few_records
     drift: bool
-    method: str
+    method: str  # novelty, or Evidently's method when the shift test decides
     score: float | None
     threshold: float
     n_reference: int
@@ -61,6 +62,7 @@ class DriftResult:
     model: dict[str, str]
     window: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
     seconds_to_verdict: float = 0.0
     report_html: str | None = None
     run_id: str | None = None
@@ -73,119 +75,6 @@ class DriftResult:
         return asdict(self)
 
 
-# --- the decision ------------------------------------------------------------------------------
-
-
-def drift_method(cfg: DriftSettings, *, dim: int | None = None, rows: int | None = None):
-    """Evidently's embeddings drift method named in params, with its threshold.
-
-    `drift.pca_components` applies only where it reduces something: embeddings wider than it,
-    and a reference with more rows than it.
-    """
-    from evidently.legacy.metrics.data_drift import embedding_drift_methods as methods
-
-    pca = cfg.pca_components
-    if pca and ((dim is not None and dim <= pca) or (rows is not None and rows <= pca)):
-        pca = None
-    kwargs: dict[str, Any] = {"threshold": cfg.threshold, "pca_components": pca}
-    if cfg.method != "ratio":
-        kwargs["bootstrap"] = cfg.bootstrap
-    return getattr(methods, cfg.method)(**kwargs)
-
-
-def embedding_frame(embeddings: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(np.asarray(embeddings, dtype=np.float32), columns=[f"e{i}" for i in range(embeddings.shape[1])])
-
-
-def embeddings_verdict(reference: np.ndarray, current: np.ndarray, cfg: DriftSettings) -> tuple[float, bool]:
-    """(score, drift) of current against reference embeddings, by Evidently's method, on every row."""
-    np.random.seed(cfg.seed)  # the bootstrap variants draw from numpy's global generator
-    # Evidently's methods add a column to the frames they are given: hand them their own.
-    method = drift_method(cfg, dim=reference.shape[1], rows=len(reference))
-    score, drifted, _ = method(embedding_frame(current), embedding_frame(reference))
-    return float(score), bool(drifted)
-
-
-def column_check(reference: pd.Series, current: pd.Series, kind: str, p_value: float) -> dict[str, Any]:
-    """One column's drift by Evidently's default test for its type and size."""
-    from evidently.legacy.calculations.stattests.registry import get_stattest
-    from evidently.legacy.core import ColumnType
-
-    reference, current = reference.dropna(), current.dropna()
-    if reference.nunique() == 1 and current.nunique() == 1 and reference.iloc[0] == current.iloc[0]:
-        return {"method": "constant", "score": 0.0, "threshold": 0.0, "drift": False}
-    column_type = ColumnType.Categorical if kind == "categorical" else ColumnType.Numerical
-    test = get_stattest(reference, current, column_type, None)
-    # p-value tests take the configured p-value; distance tests keep Evidently's own threshold.
-    threshold = p_value if test.name in P_VALUE_TESTS else None
-    result = test(reference, current, column_type, threshold)
-    return {
-        "method": test.display_name,
-        "score": float(result.drift_score),
-        "threshold": float(result.actual_threshold),
-        "drift": bool(result.drifted),
-    }
-
-
-def column_checks(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings) -> dict[str, Any]:
-    """Predicted labels against the validation predictions, and each image stat."""
-    checks: dict[str, Any] = {
-        "predicted_label": column_check(
-            baseline["predicted"].astype(str), log["label"].astype(str), "categorical", cfg.column_threshold
-        )
-    }
-    for column in STAT_COLUMNS:
-        if column not in baseline:
-            checks[column] = {"skipped": f"the baseline of this version has no {column!r} (trained before it was kept)"}
-            continue
-        checks[column] = column_check(
-            baseline[column].astype(float), log[column].astype(float), "numerical", cfg.column_threshold
-        )
-    share = lambda frame, col: frame[col].astype(str).value_counts(normalize=True).round(4).to_dict()  # noqa: E731
-    checks["label_share"] = {"reference": share(baseline, "predicted"), "current": share(log, "label")}
-    return checks
-
-
-# --- the report ------------------------------------------------------------------------------
-
-
-def render_report(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings, path: Path) -> Path:
-    """Evidently's HTML report (embeddings, predicted labels, image stats) from a subsample of each side."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import EmbeddingsDrift, ValueDrift
-
-    def table(frame: pd.DataFrame, label: str) -> pd.DataFrame:
-        n = min(len(frame), cfg.report_sample)
-        frame = frame.sample(n, random_state=cfg.seed) if len(frame) > n else frame
-        out = embedding_frame(np.stack(frame["embedding"].to_numpy()))
-        out["predicted_label"] = frame[label].astype(str).to_numpy()
-        for column in STAT_COLUMNS:
-            if column in frame and column in baseline:
-                out[column] = frame[column].astype(float).to_numpy()
-        return out
-
-    reference, current = table(baseline, "predicted"), table(log, "label")
-    stats = [c for c in STAT_COLUMNS if c in reference]
-    definition = DataDefinition(
-        numerical_columns=stats,
-        categorical_columns=["predicted_label"],
-        embeddings={"embedding": [c for c in reference.columns if c.startswith("e") and c[1:].isdigit()]},
-    )
-    method = drift_method(cfg, dim=len(definition.embeddings["embedding"]), rows=len(reference))
-    metrics = [EmbeddingsDrift(embeddings_name="embedding", drift_method=method)]
-    metrics += [ValueDrift(column=c) for c in ["predicted_label", *stats] if reference[c].nunique() > 1]
-    snapshot = Report(metrics).run(
-        Dataset.from_pandas(current, data_definition=definition),
-        Dataset.from_pandas(reference, data_definition=definition),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    return path
-
-
-# --- the job ---------------------------------------------------------------------------------
-
-
 def load_baseline(registry: Registry, ref: str | None) -> tuple[dict[str, str], pd.DataFrame]:
     """The version a ref points at now, and its registered baseline (the network is not downloaded)."""
     with registry.open(ref) as version:
@@ -193,8 +82,7 @@ def load_baseline(registry: Registry, ref: str | None) -> tuple[dict[str, str], 
             baseline = version.baseline()
         except FileNotFoundError:
             raise DriftError(f"{version.uri} carries no baseline embeddings; retrain it with this lensops") from None
-    uri = registry.reference(ref).uri
-    return {"name": version.name, "version": version.version, "uri": uri}, baseline
+    return {"name": version.name, "version": version.version, "uri": registry.reference(ref).uri}, baseline
 
 
 def _check_window(last: int | None, since: str | None) -> None:
@@ -217,32 +105,34 @@ def run_drift(
     track: bool = True,
     html: bool = True,
 ) -> DriftResult:
-    """Compare the production log of a version with its baseline; write drift.json (+ HTML); log to MLflow.
-
-    The verdict comes first: `drift.json` is written once, as soon as the verdict and its MLflow
-    run exist, before any chart is drawn.
-    """
+    """Judge a version's production log against its baseline; write drift.json (+ HTML); log to MLflow."""
     _check_window(last, since)
     registry = Registry.of(settings)
     report_dir = settings.path(report_dir or settings.drift.report_dir)
     info, baseline = load_baseline(registry, model)
     log_dir = settings.path(settings.monitoring.log_dir)
-    log = read_log(log_dir, model_version=info["version"], since=since, last=last)
-    result = judge(
-        baseline, log, settings.drift, model=info, window={"since": since, "last": last, "log_dir": str(log_dir)}
-    )
+    mon = settings.monitoring
+    maintain(log_dir, retention_days=mon.retention_days, target_records=mon.compact_records)
+    scan = scan_log(log_dir, model_version=info["version"], since=since, last=last)
+    window = {"since": since, "last": last, "log_dir": str(log_dir)}
+    result = judge(baseline, scan.frame, settings.drift, model=info, window=window)
+    result.skipped_files = scan.skipped
     report_dir.mkdir(parents=True, exist_ok=True)
     render = html and result.verdict != TOO_FEW
-    if render:
-        result.report_html = str(report_dir / "drift.html")
+    result.report_html = str(report_dir / "drift.html") if render else None
     json_path = report_dir / "drift.json"
     run = start_monitoring_run(registry, settings, result) if track else None
     write_json(json_path, result)
     if render:
-        render_report(baseline, log, settings.drift, Path(result.report_html))
+        render_report(validation(baseline), scan.frame, settings.drift, Path(result.report_html))
     if run is not None:
         finish_monitoring_run(registry, run, result, json_path)
     return result
+
+
+def validation(baseline: pd.DataFrame) -> pd.DataFrame:
+    """The held-out validation rows of a baseline: the two-sample tests' reference."""
+    return baseline[baseline["split"] != "train"] if "split" in baseline else baseline
 
 
 def judge(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings, *, model: dict, window: dict) -> DriftResult:
@@ -253,9 +143,9 @@ def judge(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings, *, mode
     result = DriftResult(
         verdict=TOO_FEW,
         drift=False,
-        method=cfg.method,
+        method="novelty" if cfg.verdict == "novelty" else cfg.method,
         score=None,
-        threshold=cfg.threshold,
+        threshold=cfg.novelty_share if cfg.verdict == "novelty" else cfg.threshold,
         n_reference=len(baseline),
         n_current=len(log),
         min_records=cfg.min_records,
@@ -267,19 +157,48 @@ def judge(baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings, *, mode
             "reason": f"{len(log)} production records for version {model['version']}, need {cfg.min_records}"
         }
     else:
-        reference, current = np.stack(baseline["embedding"].to_numpy()), np.stack(log["embedding"].to_numpy())
-        if reference.shape[1] != current.shape[1]:
-            raise DriftError(
-                f"the production log holds {current.shape[1]}-wide embeddings for version {model['version']}, "
-                f"its baseline {reference.shape[1]}-wide: the log was not written by this version"
-            )
-        result.score, result.drift = embeddings_verdict(reference, current, cfg)
-        result.verdict = DRIFT if result.drift else NO_DRIFT
-        result.details = {**column_checks(baseline, log, cfg), "bootstrap": cfg.bootstrap}
-        if cfg.pca_components:
-            result.details["pca_components"] = cfg.pca_components
+        _decide(result, baseline, log, cfg)
     result.seconds_to_verdict = round(time.perf_counter() - started, 3)
     return result
+
+
+def _decide(result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, cfg: DriftSettings) -> None:
+    reference, current = np.stack(baseline["embedding"].to_numpy()), np.stack(log["embedding"].to_numpy())
+    if reference.shape[1] != current.shape[1]:
+        raise DriftError(
+            f"the production log holds {current.shape[1]}-wide embeddings for version {result.model['version']}, "
+            f"its baseline {reference.shape[1]}-wide: the log was not written by this version"
+        )
+    novelty = novelty_check(baseline, current, cfg)
+    held_out = validation(baseline)
+    shift_score, shifted = shift_test(np.stack(held_out["embedding"].to_numpy()), current, cfg)
+    shift = {"method": cfg.method, "score": shift_score, "threshold": cfg.threshold, "drift": shifted}
+    if cfg.verdict == "novelty":
+        result.score, result.drift = novelty["share"], novelty["drift"]
+    else:
+        result.score, result.drift = shift_score, shifted
+    result.verdict = DRIFT if result.drift else NO_DRIFT
+    result.details = {"novelty": novelty, "embedding_shift": shift, **column_checks(held_out, log, cfg)}
+    result.details["bootstrap"] = cfg.bootstrap
+    if cfg.pca_components:
+        result.details["pca_components"] = cfg.pca_components
+
+
+def novelty_check(baseline: pd.DataFrame, current: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
+    """The share of production records further from the training data than held-out images go."""
+    reference = NoveltyReference.from_baseline(baseline, k=cfg.novelty_k, quantile=cfg.novelty_quantile)
+    scores = reference.novelty(current)
+    share = float((scores > 1.0).mean())
+    return {
+        "method": f"novelty share (k={reference.k}, q={cfg.novelty_quantile})",
+        "score": share,
+        "share": share,
+        "threshold": cfg.novelty_share,
+        "drift": share > cfg.novelty_share,
+        "n_novel": int((scores > 1.0).sum()),
+        "median_novelty": float(np.median(scores)),
+        **reference.summary(),
+    }
 
 
 def write_json(path: Path, result: DriftResult) -> None:
@@ -305,14 +224,13 @@ def start_monitoring_run(registry: Registry, settings: Settings, result: DriftRe
         T.DRIFT_VERDICT: result.verdict,
     }
     client = registry.client()
-    run_id = client.create_run(
-        monitoring_experiment(registry, settings), run_name=f"drift v{result.model['version']}", tags=tags
-    ).info.run_id
+    experiment = monitoring_experiment(registry, settings)
+    run_id = client.create_run(experiment, run_name=f"drift v{result.model['version']}", tags=tags).info.run_id
     result.run_id = run_id
     params = {"method": result.method, "threshold": result.threshold, "min_records": result.min_records}
     params.update({k: v for k, v in result.window.items() if v is not None and k != "log_dir"})
     metrics = {"n_reference": result.n_reference, "n_current": result.n_current, "drift": float(result.drift)}
-    metrics["seconds_to_verdict"] = result.seconds_to_verdict
+    metrics.update(seconds_to_verdict=result.seconds_to_verdict, skipped_files=len(result.skipped_files))
     if result.score is not None:
         metrics["score"] = result.score
     for name, check in result.details.items():

@@ -134,14 +134,7 @@ def _record(
         artifacts = _artifacts(settings, data, test, history, Path(scratch))
         tracking.log_run_results(registry, run_id, metrics, artifacts, seconds, history)
     write_dvc_outputs(test, history, settings.path("metrics"))
-    baseline = baseline_frame(
-        val.embeddings,
-        val.predicted_index,
-        data.val["label_index"].to_numpy(),
-        data.val["path"],
-        data.classes,
-        stats=stats_of(data.val, data.raw),
-    )
+    baseline = _baseline(settings, data, model, val)
     size = settings.train.preprocessing.size
     return register_model(
         registry,
@@ -153,6 +146,28 @@ def _record(
         metrics=metrics,
         baseline=baseline,
     )
+
+
+def _baseline(settings: Settings, data: TrainingData, model, val: Evaluation) -> pd.DataFrame:
+    """Monitoring's reference: the validation images (with the image stats serving logs) and up to
+    `train.reference_max` training images, as the model embeds them through the evaluation transform."""
+    cfg = settings.train
+    rows = data.train.sample(min(len(data.train), cfg.reference_max), random_state=cfg.seed).sort_index()
+    seen = evaluate_frame(model, rows, data.raw, cfg.preprocessing, data.classes)
+    parts = [
+        baseline_frame(
+            val.embeddings,
+            val.predicted_index,
+            data.val["label_index"].to_numpy(),
+            data.val["path"],
+            data.classes,
+            stats=stats_of(data.val, data.raw),
+        ).assign(split="val"),
+        baseline_frame(
+            seen.embeddings, seen.predicted_index, rows["label_index"].to_numpy(), rows["path"], data.classes
+        ).assign(split="train"),
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _artifacts(settings: Settings, data: TrainingData, test: Evaluation, history, folder: Path) -> list[Path]:

@@ -16,13 +16,14 @@ from typing import Annotated
 
 import typer
 
-from . import data, models, operate
+from . import data, label, models, operate
 from .common import LensopsGroup, Overrides, out, settings_for
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, cls=LensopsGroup, help="lensops: the lifecycle of image models."
 )
 app.add_typer(data.app, name="data")
+app.add_typer(label.app, name="label")
 models.register(app)
 operate.register(app)
 

@@ -26,12 +26,14 @@ def _print_drift(result) -> None:
         table.add_column(column)
     score = "" if result.score is None else f"{result.score:.4f}"
     flag = {"drift": "[red]yes[/]", "no_drift": "[green]no[/]"}.get(result.verdict, "[yellow]too few[/]")
-    table.add_row("embeddings", result.method, score, f"{result.threshold:g}", flag)
+    table.add_row("[bold]verdict", result.method, score, f"{result.threshold:g}", flag)
     for name, check in result.details.items():
         if isinstance(check, dict) and "drift" in check:
             mark = "[red]yes[/]" if check["drift"] else "[green]no[/]"
             table.add_row(name, check["method"], f"{check['score']:.4g}", f"{check['threshold']:g}", mark)
     out.print(table)
+    for skipped in result.skipped_files:
+        out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}", soft_wrap=True)
     out.print(
         f"{result.n_current} production records against {result.n_reference} baseline; "
         f"verdict [bold]{result.verdict}[/] in {result.seconds_to_verdict:.2f} s"

@@ -9,7 +9,8 @@ in the same model folder the files every other stage reads through `ModelVersion
 | `extra_files/preprocessing.json` | the preprocessing spec (`data.transforms.eval_transform` builds from it) |
 | `extra_files/classes.json` | the class names, in output order |
 | `extra_files/metrics.json` | test and validation metrics |
-| `extra_files/baseline_embeddings.parquet` | the validation set's embeddings, predictions and image stats |
+| `extra_files/baseline_embeddings.parquet` | embeddings and predictions of the validation images (with |
+| | their image stats) and of up to `train.reference_max` training images; `split` says which |
 """
 
 from __future__ import annotations

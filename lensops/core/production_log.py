@@ -1,12 +1,12 @@
 """The production log: what serving saw, as parquet segments that monitoring reads.
 
 Serving appends one record per successful prediction; a background thread writes the buffer
-as a new parquet segment every `flush_seconds` or every `flush_records` records, whichever
-comes first. A segment is written under a hidden temporary name and renamed into place, so a
-reader never sees half a segment. `close()` flushes what is left: a clean shutdown loses
-nothing, a crash loses at most the records of the last flush interval.
-
-The format lives here, apart from serving and monitoring, because both depend on it:
+as a new segment every `flush_seconds` or every `flush_records` records, whichever comes first.
+A segment is written under a hidden temporary name, fsynced, renamed into place and its folder
+fsynced, so a reader never sees half a segment and a crash never loses one that was reported
+written. A flush that fails is retried with backoff; its records stay in the buffer, the failure
+is logged and counted (`failures`), and only a buffer past `max_buffer` records drops its oldest,
+counted too (`dropped`). `close()` flushes what is left: a clean shutdown loses nothing.
 
 | column | type | meaning |
 | --- | --- | --- |
@@ -17,10 +17,16 @@ The format lives here, apart from serving and monitoring, because both depend on
 | `label`, `score` | string, float | the top prediction |
 | `width`, `height` | int | the uploaded image's size |
 | `brightness`, `contrast` | float | mean and standard deviation of its greyscale pixels, 0-255 |
+| `sha256` | string | the uploaded bytes' sha256 (null in segments written before it was kept) |
+| `captured` | bool | whether the bytes are in the capture store (`lensops.core.capture`) |
+
+Segments are named `segment-<first ms>-<last ms>-<id>.parquet` after the times they hold, so a
+reader skips whole segments by name (`lensops.core.log_reader`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+log = logging.getLogger("lensops.production_log")
 
 COLUMNS = (
     "time",
@@ -43,15 +51,19 @@ COLUMNS = (
     "height",
     "brightness",
     "contrast",
+    "sha256",
+    "captured",
 )
+OPTIONAL = {"sha256": None, "captured": False}  # columns older segments lack, and their value there
 SEGMENT_GLOB = "segment-*.parquet"
+MAX_BACKOFF_S = 30.0
 
 
 class ProductionLogError(ValueError):
-    """A record misses a field, or the log folder holds something unreadable."""
+    """A record misses a field, or the log is closed."""
 
 
-def _schema():
+def schema():
     import pyarrow as pa
 
     return pa.schema(
@@ -67,44 +79,83 @@ def _schema():
             ("height", pa.int32()),
             ("brightness", pa.float64()),
             ("contrast", pa.float64()),
+            ("sha256", pa.string()),
+            ("captured", pa.bool_()),
         ]
     )
 
 
-def write_segment(folder: Path, records: list[Mapping[str, Any]]) -> Path | None:
-    """Write records as one segment, atomically (temporary name, then rename)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    if not records:
-        return None
-    missing = [c for c in COLUMNS if c != "time" and c not in records[0]]
+
+def _table(records: list[Mapping[str, Any]]):
+    import pyarrow as pa
+
+    missing = [c for c in COLUMNS if c != "time" and c not in OPTIONAL and c not in records[0]]
     if missing:
         raise ProductionLogError(f"production log record misses {', '.join(missing)}")
-    columns = {c: [r.get(c) for r in records] for c in COLUMNS}
-    columns["time"] = [r.get("time") or pd.Timestamp.now(tz="UTC") for r in records]
+    columns = {c: [r.get(c, OPTIONAL.get(c)) for r in records] for c in COLUMNS}
+    columns["time"] = [pd.Timestamp(r.get("time") or pd.Timestamp.now(tz="UTC")) for r in records]
     columns["embedding"] = [[float(x) for x in e] for e in columns["embedding"]]
-    table = pa.Table.from_pydict(columns, schema=_schema())
+    columns["captured"] = [bool(c) for c in columns["captured"]]
+    return pa.Table.from_pydict(columns, schema=schema())
+
+
+def segment_name(first: pd.Timestamp, last: pd.Timestamp) -> str:
+    ms = lambda t: int(pd.Timestamp(t).value // 1_000_000)  # noqa: E731
+    return f"segment-{ms(first):013d}-{ms(last):013d}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def write_table(folder: Path, table) -> Path:
+    """Write a table of log records as one segment, durably and atomically."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    name = f"segment-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+    name = segment_name(pc.min(table["time"]).as_py(), pc.max(table["time"]).as_py())
     temporary = folder / f".{name}.tmp"
-    pq.write_table(table, temporary)
+    with open(temporary, "wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(temporary, folder / name)  # atomic on one filesystem: readers see all or nothing
+    fsync_folder(folder)
     return folder / name
+
+
+def write_segment(folder: Path, records: list[Mapping[str, Any]]) -> Path | None:
+    """Write records as one segment (see `write_table`)."""
+    return write_table(Path(folder), _table(records)) if records else None
 
 
 class ProductionLogWriter:
     """Thread-safe appender with a background flusher. Use as a context manager or call close()."""
 
-    def __init__(self, folder: Path | str, *, flush_seconds: float = 1.0, flush_records: int = 512):
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        flush_seconds: float = 1.0,
+        flush_records: int = 512,
+        max_buffer: int = 200_000,
+    ):
         self.folder = Path(folder)
-        self.flush_seconds, self.flush_records = flush_seconds, flush_records
+        self.flush_seconds, self.flush_records, self.max_buffer = flush_seconds, flush_records, max_buffer
         self._buffer: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
-        self.written = 0
+        self.written = self.failures = self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="production-log-flusher", daemon=True)
         self._thread.start()
 
@@ -118,28 +169,59 @@ class ProductionLogWriter:
             self._wake.set()
 
     def flush(self) -> None:
-        with self._lock:
-            records, self._buffer = self._buffer, []
-        if records:
-            write_segment(self.folder, records)
+        """Write the buffer as one segment; on failure the records go back to the buffer and the error is raised."""
+        with self._write_lock:
+            with self._lock:
+                records, self._buffer = self._buffer, []
+            if not records:
+                return
+            try:
+                write_segment(self.folder, records)
+            except Exception:
+                with self._lock:
+                    self._buffer = records + self._buffer
+                    self._drop_overflow()
+                raise
             self.written += len(records)
 
+    def _drop_overflow(self) -> None:
+        excess = len(self._buffer) - self.max_buffer
+        if excess > 0:
+            del self._buffer[:excess]
+            self.dropped += excess
+            log.error("production log: %d records dropped after failed writes (buffer full)", excess)
+
     def _run(self) -> None:
+        backoff = self.flush_seconds
         while not self._closed:
-            self._wake.wait(self.flush_seconds)
+            self._wake.wait(backoff)
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # keep serving; the records stay lost only if writing keeps failing
-                time.sleep(self.flush_seconds)
+                backoff = self.flush_seconds
+            except Exception as e:  # keep serving; the records wait in the buffer for the next try
+                self.failures += 1
+                backoff = min(MAX_BACKOFF_S, 2 * backoff)
+                log.error("production log: writing to %s failed (%s); retrying in %.0f s", self.folder, e, backoff)
 
-    def close(self) -> None:
+    def close(self, *, attempts: int = 3) -> None:
         if self._closed:
             return
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=10)
-        self.flush()
+        for attempt in range(attempts):
+            try:
+                self.flush()
+                return
+            except Exception as e:
+                self.failures += 1
+                log.error("production log: final write to %s failed (%s)", self.folder, e)
+                time.sleep(0.2 * (attempt + 1))
+        with self._lock:
+            lost, self._buffer = len(self._buffer), []
+        self.dropped += lost
+        log.error("production log: %d records could not be written to %s and are lost", lost, self.folder)
 
     def __enter__(self) -> ProductionLogWriter:
         return self
@@ -152,34 +234,11 @@ def segments(folder: Path | str) -> list[Path]:
     return sorted(Path(folder).glob(SEGMENT_GLOB))
 
 
-def read_log(
-    folder: Path | str,
-    *,
-    model_version: str | None = None,
-    since: pd.Timestamp | str | None = None,
-    last: int | None = None,
-) -> pd.DataFrame:
-    """The log as one frame, oldest first; optionally one model version, records since a time, or the last N."""
-    import pyarrow.parquet as pq
+def read_log(folder: Path | str, **window) -> pd.DataFrame:
+    """The log as one frame, oldest first (see `lensops.core.log_reader.scan_log` for the window and what it skips)."""
+    from .log_reader import scan_log
 
-    files = segments(folder)
-    if not files:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f).to_pandas())
-        except Exception as e:  # a foreign or damaged file: say which, do not guess
-            raise ProductionLogError(f"{f}: not a production-log segment ({e})") from None
-    frame = pd.concat(tables, ignore_index=True).sort_values("time", kind="stable", ignore_index=True)
-    if model_version is not None:
-        frame = frame[frame.model_version == str(model_version)]
-    if since is not None:
-        stamp = pd.Timestamp(since)
-        frame = frame[frame.time >= (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp)]
-    if last is not None:
-        frame = frame.tail(last)
-    return frame.reset_index(drop=True)
+    return scan_log(folder, **window).frame
 
 
 def image_stats(pixels_grey: Iterable[float] | Any) -> tuple[float, float]:

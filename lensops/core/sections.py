@@ -158,6 +158,9 @@ class TrainSettings(Section):
     max_failures: int = Field(1, ge=0, description="worker failures a run survives, resuming from its checkpoint")
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
     augment: list[dict[str, dict[str, Any] | None]] = Field(default_factory=_default_augment)
+    reference_max: int = Field(
+        20_000, ge=100, description="training images whose embeddings are registered as monitoring's reference"
+    )
 
 
 class RegistrySettings(Section):
@@ -187,6 +190,9 @@ class GateSettings(Section):
     max_accuracy_drop: float | None = Field(0.01, ge=0, le=1, description="against the champion")
     max_class_recall_drop: float | None = Field(0.05, ge=0, le=1, description="against the champion, any class")
     max_latency_ratio: float | None = Field(1.5, gt=0, description="challenger/champion batched latency")
+    max_slice_drop: float | None = Field(
+        0.05, ge=0, le=1, description="against the champion: accuracy drop on any slice the champion was good at"
+    )
 
 
 class ReviewSettings(Section):
@@ -195,6 +201,11 @@ class ReviewSettings(Section):
     latency_batch: int = Field(64, ge=1)
     calibration_bins: int = Field(15, ge=2)
     max_disagreements_shown: int = Field(32, ge=0)
+    slices: list[str] = Field(
+        default_factory=lambda: ["source"], description="manifest or provenance columns whose values become slices"
+    )
+    slice_min_images: int = Field(10, ge=1, description="smaller slices are reported, never gated")
+    slice_good_accuracy: float = Field(0.8, ge=0, le=1, description="a slice the champion is good at: at least this")
     gates: GateSettings = Field(default_factory=GateSettings)
 
 
@@ -218,19 +229,56 @@ class ServeSettings(Section):
     use_gpu: bool | Literal["auto"] = "auto"
 
 
+class CaptureSettings(Section):
+    """Which uploaded images serving keeps (exact bytes, by sha256), and how much of them."""
+
+    enabled: bool = True
+    dir: Path = Path("reports/capture")
+    sample_rate: float = Field(0.1, ge=0, le=1, description="share of ordinary answers kept")
+    low_score_below: float | None = Field(0.6, gt=0, le=1, description="always keep answers scored below this")
+    outliers: bool = Field(True, description="always keep images unlike the training data (novelty or stats)")
+    max_bytes: int = Field(512 * 2**20, ge=0, description="byte budget; the least recently seen go first")
+    retention_days: float | None = Field(30, gt=0, description="forget images not seen for this long")
+
+
 class MonitoringSettings(Section):
     log_dir: Path = Path("reports/production_log")
     flush_seconds: float = Field(1.0, gt=0)
     flush_records: int = Field(512, ge=1)
+    retention_days: float | None = Field(90, gt=0, description="segments older than this are removed")
+    compact_records: int = Field(50_000, ge=100, description="small segments are merged up to this many records")
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+
+
+class LabelSettings(Section):
+    """Labelling batches: what `lensops label export` picks, where imported labels and their provenance go."""
+
+    export_dir: Path = Path("reports/labelling")
+    batch_size: int = Field(200, ge=1, description="images per exported batch (--n)")
+    strategy: Literal["balanced", "novel", "uncertain", "diverse", "random"] = "balanced"
+    image_url_prefix: str = Field(
+        "/data/local-files/?d=", description="prefix of image paths in Label Studio tasks (its local-files root)"
+    )
+    provenance_dir: str = Field(".provenance", description="folder inside data.raw for provenance records")
 
 
 class DriftSettings(Section):
     report_dir: Path = Path("reports/drift")
+    verdict: Literal["novelty", "shift"] = Field(
+        "novelty",
+        description="novelty: production in regions the version has not learnt (one-sided); "
+        "shift: Evidently's two-sample embeddings test decides",
+    )
+    novelty_share: float = Field(0.1, gt=0, lt=1, description="drift above this share of novel records")
+    novelty_quantile: float = Field(
+        0.99, gt=0.5, lt=1, description="a record is novel past this quantile of held-out validation distances"
+    )
+    novelty_k: int = Field(5, ge=1, description="neighbours averaged for a record's distance to the training data")
     method: Literal["model", "mmd", "ratio", "distance"] = Field(
-        "model", description="Evidently's embeddings drift method"
+        "model", description="Evidently's embeddings drift method (the shift test)"
     )
     threshold: float = Field(
-        0.7, gt=0, description="model: ROC AUC; mmd: MMD^2; ratio: share of drifted components; distance"
+        0.7, gt=0, description="shift test: model: ROC AUC; mmd: MMD^2; ratio: share of drifted components; distance"
     )
     bootstrap: bool = Field(False, description="compare against a bootstrap quantile instead of the threshold")
     pca_components: int | None = Field(

@@ -21,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from .errors import UsageError
 from .sections import (
     KNOWN_FORMATS,
+    CaptureSettings,
     DataSettings,
     DemoSettings,
     DriftSettings,
     GateSettings,
+    LabelSettings,
     MonitoringSettings,
     NearDuplicateSettings,
     PrepareSettings,
@@ -42,10 +44,12 @@ from .sections import (
 
 __all__ = [
     "KNOWN_FORMATS",
+    "CaptureSettings",
     "DataSettings",
     "DemoSettings",
     "DriftSettings",
     "GateSettings",
+    "LabelSettings",
     "MonitoringSettings",
     "NearDuplicateSettings",
     "PrepareSettings",
@@ -82,6 +86,7 @@ class Settings(Section):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    label: LabelSettings = Field(default_factory=LabelSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 

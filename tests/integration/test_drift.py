@@ -68,7 +68,7 @@ def test_clean_held_out_traffic_is_not_drift_over_seeds(monitored, tmp_path):
         seeded = settings.updated({"monitoring.log_dir": str(log_dir), "drift.seed": seed})
         result = run_drift(seeded, report_dir=tmp_path / f"report{seed}", html=False, track=False)
         assert result.verdict == "no_drift", (seed, result.score)
-        assert result.score < settings.drift.threshold and result.n_current == len(clean)
+        assert result.score < settings.drift.novelty_share and result.n_current == len(clean)
         assert {"predicted_label", "brightness", "contrast", "width", "height"} <= set(result.details)
 
 
@@ -78,11 +78,13 @@ def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, 
     accuracy = write_log(settings, images_of(settings.root, "shifted"), settings.path("reports/production_log"))
     result = cli("drift", *[a for o in SMALL for a in ("-S", o)])
     assert result.exit_code == 4, result.output
-    assert "drift" in result.output and "embeddings" in result.output
+    assert "drift" in result.output and "novelty" in result.output and "embedding_shift" in result.output
 
     report = json.loads((settings.root / "reports" / "drift" / "drift.json").read_text())
-    assert report["drift"] is True and report["verdict"] == "drift" and report["method"] == "model"
-    assert report["score"] > report["threshold"] == 0.7
+    assert report["drift"] is True and report["verdict"] == "drift" and report["method"] == "novelty"
+    assert report["score"] > report["threshold"] == settings.drift.novelty_share
+    assert report["details"]["novelty"]["n_novel"] > 0.5 * report["n_current"]
+    assert report["details"]["embedding_shift"]["drift"] and report["details"]["embedding_shift"]["method"] == "model"
     assert report["n_reference"] > 0 and report["n_current"] == len(images_of(settings.root, "shifted"))
     assert report["details"]["brightness"]["drift"] and report["details"]["contrast"]["drift"]
     assert set(report["details"]["label_share"]["reference"]) <= {"0", "1", "7"}
