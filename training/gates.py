@@ -26,6 +26,7 @@ class Contender(Protocol):
 
     metrics: dict[str, Any]
     latency: dict[str, float]
+    slices: dict[str, dict[str, float]]  # "source=production" -> {n, accuracy}
 
 
 @dataclass
@@ -91,6 +92,23 @@ def max_latency_ratio(new: Contender, old: Contender | None, threshold: float, c
     key = f"batch{cfg.latency_batch}_ms_per_image"
     ratio = new.latency[key] / max(old.latency[key], 1e-9)
     return Gate("max_latency_ratio", ratio, threshold, ratio <= threshold, "batched, per image")
+
+
+@gate
+def max_slice_drop(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Against the champion: no slice the champion was good at (`review.slice_good_accuracy`, with at least
+    `review.slice_min_images` images) loses more than the threshold of accuracy (the slice is named)."""
+    if old is None:
+        return None
+    drops = {
+        name: s["accuracy"] - new.slices.get(name, {"accuracy": 0.0})["accuracy"]
+        for name, s in old.slices.items()
+        if s["n"] >= cfg.slice_min_images and s["accuracy"] >= cfg.slice_good_accuracy
+    }
+    worst = max(drops, key=drops.get) if drops else ""
+    value = drops.get(worst, 0.0)
+    detail = f"slice {worst}" if worst else "no slice the champion was good at"
+    return Gate("max_slice_drop", value, threshold, value <= threshold + EPSILON, detail)
 
 
 def apply_gates(cfg: ReviewSettings, challenger: Contender, champion: Contender | None) -> list[Gate]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
 from lensops.core import tags as T
+from lensops.core.fingerprint import code_hash, dvc_hash, training_params_hash
 from lensops.core.settings import Settings
 
 
@@ -24,27 +24,19 @@ def git_commit(root: Path) -> str:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def dvc_hash(folder: Path) -> str:
-    """DVC's md5 of a folder (`<md5>.dir`), computed as DVC does: equal to the hash in dvc.lock."""
-    from dvc_data.hashfile.build import build
-    from dvc_data.hashfile.db import HashFileDB
-    from dvc_objects.fs.local import LocalFileSystem
-
-    fs = LocalFileSystem()
-    with tempfile.TemporaryDirectory() as scratch:
-        _, _, obj = build(HashFileDB(fs, scratch), str(folder), fs, "md5", dry_run=True)
-    return obj.hash_info.value
-
-
 def params_hash(settings: Settings) -> str:
     """A short, stable hash of every setting in force (after -S overrides)."""
     canonical = json.dumps(settings.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def lineage_tags(settings: Settings, prepared: Path) -> dict[str, str]:
+def lineage_tags(settings: Settings, prepared: Path, raw: Path) -> dict[str, str]:
+    """The code, data and params a run comes from (the data both as prepared and as data/raw)."""
     return {
         T.GIT_COMMIT: git_commit(settings.root),
         T.DATA_HASH: dvc_hash(prepared),
         T.PARAMS_HASH: params_hash(settings),
+        T.RAW_HASH: dvc_hash(raw),
+        T.CODE_HASH: code_hash(),
+        T.TRAINING_PARAMS_HASH: training_params_hash(settings),
     }

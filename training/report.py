@@ -105,6 +105,19 @@ def _class_rows(contenders: list[Contender]) -> str:
     return "".join(_row(n, contenders, lambda c, n=n: cell(c, n)) for n in names)
 
 
+def _slice_rows(contenders: list[Contender]) -> str:
+    """Accuracy per slice, side by side, with the challenger's change against the champion."""
+    rows = []
+    for name, first in sorted(contenders[0].slices.items()):
+        cells = [str(first["n"]), *(f"{c.slices.get(name, {}).get('accuracy', float('nan')):.3f}" for c in contenders)]
+        if len(contenders) == 2 and name in contenders[1].slices:
+            change = first["accuracy"] - contenders[1].slices[name]["accuracy"]
+            colour = "#cf222e" if change < -0.005 else "#1a7f37" if change > 0.005 else "#222"
+            cells.append(f"<span style='color:{colour}'>{change:+.3f}</span>")
+        rows.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "".join(rows)
+
+
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 10px;text-align:right}
 td:first-child,th:first-child{text-align:left}img{max-width:100%}"""
@@ -132,6 +145,8 @@ by {e(result.extra.get("reviewed_by", ""))}.</p>
 <h2>gates</h2><table><tr><th>gate</th><th>value</th><th>threshold</th><th>result</th><th>detail</th></tr>{gate_rows}</table>
 <h2>metrics</h2><table><tr><th></th>{head}</tr>{_metric_rows(result.contenders)}</table>
 <h2>per class: precision / recall</h2><table><tr><th>class</th>{head}</tr>{_class_rows(result.contenders)}</table>
+<h2>slices: accuracy</h2><table><tr><th>slice</th><th>images</th>{head}{"<th>change</th>" if old else ""}</tr>
+{_slice_rows(result.contenders)}</table>
 {images}
 </body></html>
 """

@@ -45,6 +45,7 @@ class Contender:
     evaluation: Evaluation
     latency: dict[str, float]
     size_mb: float
+    slices: dict[str, dict[str, float]] = field(default_factory=dict)  # "source=production" -> {n, accuracy}
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -61,6 +62,7 @@ class Contender:
             **self.metrics,
             "latency": self.latency,
             "size_mb": self.size_mb,
+            "slices": self.slices,
         }
 
 
@@ -103,6 +105,8 @@ def review(
         test, raw, data_hash = _test_split(settings, new)
         challenger = _contend(settings, "challenger", new, test, raw)
         champion = _contend(settings, "champion", old, test, raw) if old else None
+        for contender in filter(None, (challenger, champion)):
+            contender.slices = slice_accuracy(test, contender.evaluation, settings.review.slices)
         gates = apply_gates(settings.review, challenger, champion)
         out = report_dir or settings.path(settings.review.report_dir)
         result = Review(
@@ -143,8 +147,38 @@ def _test_split(settings: Settings, challenger: ModelVersion) -> tuple[pd.DataFr
             "check out that data version (`git checkout <commit> -- dvc.lock && dvc checkout`) to review it"
         )
     manifest, _, raw = load_prepared(prepared)
-    test = split_frame(manifest, "test").merge(manifest[["path", "label"]], on="path")
-    return test, raw, current
+    extra = [c for c in settings.review.slices if c in manifest and c not in ("path", "label_index")]
+    test = split_frame(manifest, "test").merge(manifest[["path", "label", *extra]], on="path")
+    return _with_provenance(test, raw, settings), raw, current
+
+
+def _with_provenance(test: pd.DataFrame, raw: Path, settings: Settings) -> pd.DataFrame:
+    """Slice columns the manifest lacks, taken from the provenance records (images without one: blank)."""
+    from data.provenance import read
+
+    missing = [c for c in settings.review.slices if c not in test]
+    records = read(raw, settings.label.provenance_dir) if missing else None
+    if records is None or records.empty:
+        return test
+    known = records.set_index("path")
+    for column in missing:
+        if column in known:
+            test[column] = test["path"].map(known[column]).fillna("").astype(str)
+    return test
+
+
+def slice_accuracy(test: pd.DataFrame, evaluation: Evaluation, columns: list[str]) -> dict[str, dict[str, float]]:
+    """Accuracy on each value of each slice column ("source=production": {n, accuracy})."""
+    correct = pd.Series(
+        [p == t for p, t in zip(evaluation.predicted, evaluation.labels, strict=True)], index=test.index
+    )
+    slices = {}
+    for column in columns:
+        if column not in test:
+            continue
+        for value, rows in test.groupby(test[column].fillna("").astype(str)).groups.items():
+            slices[f"{column}={value}"] = {"n": len(rows), "accuracy": float(correct.loc[rows].mean())}
+    return slices
 
 
 def _contend(settings: Settings, role: str, version: ModelVersion, test: pd.DataFrame, raw: Path) -> Contender:

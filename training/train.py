@@ -66,7 +66,7 @@ def train(
         if resume
         else tracking.start_run(registry, settings, parent_run_id=parent_run_id)
     )
-    tracking.log_run_inputs(registry, run_id, settings, data, lineage_tags(settings, data.prepared))
+    tracking.log_run_inputs(registry, run_id, settings, data, lineage_tags(settings, data.prepared, data.raw))
 
     started = time.perf_counter()
     result, history = _fit(settings, data, registry, run_id, progress=progress)

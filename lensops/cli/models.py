@@ -86,6 +86,9 @@ def review_command(
     for key in result.challenger.latency:
         table.add_row(f"latency {key}", *(f"{m.latency[key]:.3f}" for m in models))
     table.add_row("size MB", *(f"{m.size_mb:.2f}" for m in models))
+    for name, first in sorted(result.challenger.slices.items()):
+        accuracy = [f"{m.slices[name]['accuracy']:.4f}" if name in m.slices else "-" for m in models]
+        table.add_row(f"accuracy on {name} ({first['n']})", *accuracy)
     out.print(table)
     gates = Table(title="gates", title_justify="left")
     for column in ("gate", "value", "threshold", "result", "detail"):

@@ -71,9 +71,28 @@ def drift_command(
         outcome = _retrain(
             settings, reason=f"drift run {result.run_id}: score {result.score:.3f}", drift_run_id=result.run_id
         )
+        if outcome.outcome == "nothing_new":
+            _ask_for_labels(settings, model)
+            raise typer.Exit(outcome.exit_code)
         if outcome.outcome == "failed":
             raise typer.Exit(1)
     raise typer.Exit(result.exit_code)
+
+
+def _ask_for_labels(settings: Settings, model: str | None) -> None:
+    """Drift, and nothing new to train on: what is needed is labels, so a labelling batch is exported."""
+    from monitoring.labelling import export_batch
+
+    batch = export_batch(settings, model=model)
+    if batch.folder is None:
+        out.print("[yellow]no captured image is left to label[/]: capture more production images (monitoring.capture)")
+        return
+    out.print(
+        f"[bold yellow]labels needed[/]: {len(batch.picked)} images wait in {batch.folder}; fill its labels.csv "
+        f"(or label tasks.json in Label Studio), then `lensops label import {batch.folder / 'labels.csv'}` "
+        "and `lensops retrain`",
+        soft_wrap=True,
+    )
 
 
 def _retrain(settings: Settings, *, reason: str, drift_run_id: str | None = None, force: bool = False):

@@ -297,7 +297,4 @@ class RetrainSettings(Section):
     cooldown_seconds: float = Field(3600.0, ge=0, description="minimum time between two triggered retrainings")
     lock_file: Path = Path("reports/retrain/retrain.lock")
     state_file: Path = Path("reports/retrain/last_trigger.json")
-    stale_lock_seconds: float = Field(
-        6 * 3600.0, gt=0, description="a lock older than this, or whose process is gone, is taken over"
-    )
     timeout_seconds: float | None = Field(None, gt=0, description="stop the command after this long")

@@ -28,7 +28,11 @@ ACTOR = "lensops.actor"  # who ran it: LENSOPS_ACTOR or the OS user
 GIT_COMMIT = "lensops.git_commit"
 DATA_HASH = "lensops.data_hash"  # the DVC hash of data/prepared, as in dvc.lock
 PARAMS_HASH = "lensops.params_hash"
-LINEAGE = (GIT_COMMIT, DATA_HASH, PARAMS_HASH)
+# What the model was trained from, compared by `lensops retrain` (see lensops.core.fingerprint).
+RAW_HASH = "lensops.raw_hash"  # the DVC hash of data/raw
+CODE_HASH = "lensops.code_hash"
+TRAINING_PARAMS_HASH = "lensops.training_params_hash"
+LINEAGE = (GIT_COMMIT, DATA_HASH, PARAMS_HASH, RAW_HASH, CODE_HASH, TRAINING_PARAMS_HASH)
 
 # On a version: what it scored when it was registered.
 TEST_ACCURACY = "lensops.test_accuracy"

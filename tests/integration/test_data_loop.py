@@ -135,6 +135,24 @@ def test_import_adds_labelled_images_with_provenance_and_a_new_data_version(serv
     assert _cli(root, "label", "import", str(batch.folder / "labels.csv")).exit_code == 0  # twice: nothing changes
     assert len(list((root / "data" / "raw").rglob("*.png"))) == len(prepared)
 
+    from monitoring.retrain import retrain
+
+    dummy = local.updated({"retrain.command": [sys.executable, "-c", "print('pipeline')"]})
+    before = retrain(served[0].updated({"retrain.command": dummy.retrain.command}), reason="unchanged data")
+    assert before.outcome == "nothing_new" and before.exit_code == 7 and before.run_id is None
+    after = retrain(dummy, reason="labelled production images")
+    assert after.changed == ["data"] and after.returncode == 0  # the new data version is what retrains
+
+    from training.review import review
+    from training.train import train
+
+    train(local, progress=False)
+    judged = review(local, report_dir=tmp_path / "review")  # v2, trained on the new data, against champion v1
+    slices = json.loads((tmp_path / "review" / "review.json").read_text())["challenger"]["slices"]
+    assert set(slices) == {"source=original", "source=production"} and slices["source=production"]["n"] > 0
+    assert "max_slice_drop" in {g.name for g in judged.gates}
+    assert "slices: accuracy" in (tmp_path / "review" / "review.html").read_text()
+
 
 @pytest.mark.parametrize("problem", ["conflict", "unknown label", "missing image", "unlabelled"])
 def test_a_batch_with_any_wrong_row_is_refused_whole(served, tmp_path, problem):

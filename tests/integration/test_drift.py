@@ -8,6 +8,7 @@ serving logs (tests/integration/test_serving.py proves serving answers as this p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_TRAINING_FAST_INPUT, mlflow_client, project_copy
+from tests.conftest import REPO, TINY_TRAINING_FAST_INPUT, mlflow_client, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -99,11 +100,16 @@ def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, 
     artifacts = {a.path for a in client.list_artifacts(report["run_id"])}
     assert {"drift.json", "drift.html"} <= artifacts
 
-    # --retrain: drift found, so the retraining pipeline runs, linked both ways in MLflow.
+    # --retrain on unchanged data, code and params: no retraining, a labelling batch instead (exit 7).
     command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
-    again = cli(
-        "drift", "--retrain", "--no-html", "-S", f"retrain.command={command}", *[a for o in SMALL for a in ("-S", o)]
-    )
+    options = ["--no-html", "-S", f"retrain.command={command}", *[a for o in SMALL for a in ("-S", o)]]
+    waiting = cli("drift", "--retrain", *options)
+    assert waiting.exit_code == 7 and "retrain: nothing_new" in waiting.output and "labels needed" in waiting.output
+    assert len(list(settings.path(settings.label.export_dir).glob("batch-*/labels.csv"))) == 1
+    assert "pipeline ran" not in waiting.output
+
+    # --retrain after the params changed: the pipeline runs, linked both ways in MLflow.
+    again = cli("drift", "--retrain", *options, "-S", "train.lr=0.004")
     assert again.exit_code == 4 and "retrain: no_new_version" in again.output, again.output
     drift_run_id = json.loads((settings.root / "reports" / "drift" / "drift.json").read_text())["run_id"]
     retrain_run_id = client.get_run(drift_run_id).data.tags["lensops.link.retrain_run"]
@@ -148,28 +154,92 @@ def _settings(project: Path, *overrides: str):
     return load_settings(project / "params.yaml", [f"retrain.command={command}", *overrides])
 
 
-def test_a_held_lock_skips_and_a_stale_one_is_taken_over(project):
-    from monitoring.retrain import RetrainLock, retrain
+HOLD_LOCK = """
+import sys, time, filelock
+lock = filelock.FileLock(sys.argv[1]); lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_held_lock_skips_and_dies_with_its_holder(project, tmp_path):
+    from monitoring.retrain import retrain
 
     settings = _settings(project, "retrain.cooldown_seconds=0")
     lock_path = settings.path(settings.retrain.lock_file)
-    with RetrainLock(lock_path, stale_seconds=3600):  # a live retraining (this process)
+    lock_path.parent.mkdir(parents=True)
+    (tmp_path / "hold.py").write_text(HOLD_LOCK)
+    holder = subprocess.Popen([sys.executable, str(tmp_path / "hold.py"), str(lock_path)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
         busy = retrain(settings, reason="test")
-    assert busy.outcome == "skipped" and "another retraining holds" in busy.reason and busy.exit_code == 6
-    assert not lock_path.exists()  # released by its holder
+        assert busy.outcome == "skipped" and "another retraining holds" in busy.reason and busy.exit_code == 6
+    finally:
+        holder.kill()  # a retraining that dies without releasing anything
+        holder.wait()
+    outcome = retrain(settings, reason="test")  # the kernel released its lock: no stale-lock guessing
+    assert outcome.outcome == "no_new_version" and outcome.exit_code == 3 and outcome.returncode == 0
 
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
 
-    dead = {"pid": int(finished.stdout), "host": socket.gethostname(), "started": time.time(), "token": "x"}
-    lock_path.write_text(json.dumps(dead))  # a retraining that crashed without releasing
-    outcome = retrain(settings, reason="test")
-    assert outcome.outcome == "no_new_version" and outcome.exit_code == 3  # ran; registered nothing
-    assert not lock_path.exists()
+RACE = """
+import json, sys
+from lensops.core.settings import load_settings
+from monitoring.retrain import retrain
+settings = load_settings(sys.argv[1], [f"retrain.command={sys.argv[2]}", "retrain.cooldown_seconds=0"])
+print(json.dumps(retrain(settings, reason="race").to_dict()))
+"""
 
-    old = {"pid": 1, "host": "elsewhere", "started": time.time() - 10 * 3600, "token": "y"}
-    lock_path.write_text(json.dumps(old))  # older than stale_lock_seconds (6 h)
-    assert retrain(settings, reason="test").outcome == "no_new_version"
+
+def test_two_retrainings_started_together_run_one_pipeline(project, tmp_path):
+    (tmp_path / "race.py").write_text(RACE)
+    marker = tmp_path / "ran"
+    slow = json.dumps([sys.executable, "-c", f"import time; open({str(marker)!r}, 'a').write('x'); time.sleep(3)"])
+    racers = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "race.py"), str(project / "params.yaml"), slow],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        for _ in range(2)
+    ]
+    outcomes = sorted(json.loads(r.communicate(timeout=300)[0].strip().splitlines()[-1])["outcome"] for r in racers)
+    assert outcomes == ["no_new_version", "skipped"] and marker.read_text() == "x"  # the pipeline ran once
+
+
+def test_a_timeout_stops_the_whole_pipeline_process_group(project, tmp_path):
+    from monitoring.retrain import retrain
+
+    child = tmp_path / "child.pid"
+    spawner = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(600)"
+    )
+    settings = _settings(project, "retrain.timeout_seconds=2").updated(
+        {"retrain.command": [sys.executable, "-c", spawner]}
+    )
+    result = retrain(settings, reason="test", force=True)
+    assert result.outcome == "failed" and "process group was stopped" in result.reason
+    pid = int(child.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)  # the pipeline's own child went too
+    assert (
+        json.loads((settings.path(settings.retrain.state_file).parent / "retrain.json").read_text())["outcome"]
+        == "failed"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie still answers kill 0
+        return f.read().split(") ")[1][0] != "Z"
 
 
 def test_cooldown_between_triggers_and_force(project, cli):
@@ -186,6 +256,7 @@ def test_cooldown_between_triggers_and_force(project, cli):
     assert state["reason"] == "third"
     report = json.loads((settings.path(settings.retrain.state_file).parent / "retrain.json").read_text())
     assert report["outcome"] == "no_new_version" and "registered no new version" in report["reason"]
+    assert report["changed"] == ["no champion yet"]
 
     command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
     result = cli("retrain", "-S", f"retrain.command={command}")  # through the CLI: cooling down

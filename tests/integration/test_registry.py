@@ -149,3 +149,16 @@ def test_a_version_that_fails_to_load_backs_off_instead_of_retrying_every_poll(r
     first = follower.failed_to_load("2", poll_seconds=2)
     assert follower.candidate("1") is None  # backing off
     assert follower.failed_to_load("2", poll_seconds=2) == 2 * first  # and the wait doubles
+
+
+def test_retraining_decides_from_the_version_its_own_run_produced(registry):
+    from monitoring.retrain import own_version
+
+    inputs = {T.RAW_HASH: "r", T.CODE_HASH: "c", T.TRAINING_PARAMS_HASH: "p"}
+    registry.tag_version("2", {T.RETRAIN_RUN: "run-a"})
+    assert own_version(registry, "run-a", inputs).version == "2"  # named by its training run
+    assert own_version(registry, "run-b", inputs) is None  # nothing of this run, nothing trained on these inputs
+    registry.tag_version("2", inputs)  # a version trained on exactly the current inputs, left unpromoted
+    assert own_version(registry, "run-b", inputs).version == "2"
+    registry.tag_version("1", inputs)
+    assert own_version(registry, "run-b", inputs).version == "2"  # never the champion itself

@@ -14,6 +14,7 @@ class Model:
     recalls: dict[str, float]
     ece: float = 0.05
     batched_ms: float = 1.0
+    slices: dict = field(default_factory=dict)
     metrics: dict = field(init=False)
     latency: dict = field(init=False)
 
@@ -37,7 +38,14 @@ def test_each_relative_gate_names_what_failed():
     champion = Model(0.97, {"a": 0.99, "b": 0.95}, batched_ms=1.0)
     challenger = Model(0.93, {"a": 0.99, "b": 0.80}, ece=0.2, batched_ms=2.0)
     gates = {g.name: g for g in apply_gates(cfg, challenger, champion)}
-    assert list(gates) == ["min_accuracy", "max_ece", "max_accuracy_drop", "max_class_recall_drop", "max_latency_ratio"]
+    assert list(gates) == [
+        "min_accuracy",
+        "max_ece",
+        "max_accuracy_drop",
+        "max_class_recall_drop",
+        "max_latency_ratio",
+        "max_slice_drop",
+    ]
     assert gates["min_accuracy"].passed and not gates["max_ece"].passed
     assert not gates["max_accuracy_drop"].passed and round(gates["max_accuracy_drop"].value, 4) == 0.04
     assert not gates["max_class_recall_drop"].passed and gates["max_class_recall_drop"].detail == "class b"
@@ -51,6 +59,27 @@ def test_a_drop_exactly_at_the_threshold_passes():
 
 
 def test_a_null_threshold_turns_its_gate_off():
-    cfg = ReviewSettings.model_validate({"gates": {"max_latency_ratio": None, "max_class_recall_drop": None}})
+    cfg = ReviewSettings.model_validate(
+        {"gates": {"max_latency_ratio": None, "max_class_recall_drop": None, "max_slice_drop": None}}
+    )
     names = [g.name for g in apply_gates(cfg, Model(0.95, {"a": 1.0}), Model(0.95, {"a": 1.0}))]
     assert names == ["min_accuracy", "max_accuracy_drop"]
+
+
+def test_the_slice_gate_holds_a_challenger_that_regresses_on_a_slice_the_champion_was_good_at():
+    cfg = ReviewSettings(slice_min_images=10, slice_good_accuracy=0.8)
+    old_slices = {
+        "source=original": {"n": 200, "accuracy": 0.98},
+        "source=production": {"n": 40, "accuracy": 0.40},  # the champion was bad here: not gated
+        "source=tiny": {"n": 3, "accuracy": 1.0},  # too few images: reported, never gated
+    }
+    new_slices = {
+        "source=original": {"n": 200, "accuracy": 0.90},
+        "source=production": {"n": 40, "accuracy": 0.95},
+        "source=tiny": {"n": 3, "accuracy": 0.0},
+    }
+    champion, challenger = Model(0.93, {"a": 1.0}, slices=old_slices), Model(0.91, {"a": 1.0}, slices=new_slices)
+    gate = {g.name: g for g in apply_gates(cfg, challenger, champion)}["max_slice_drop"]
+    assert not gate.passed and gate.detail == "slice source=original" and round(gate.value, 2) == 0.08
+    better = Model(0.97, {"a": 1.0}, slices={**new_slices, "source=original": {"n": 200, "accuracy": 0.97}})
+    assert {g.name: g for g in apply_gates(cfg, better, champion)}["max_slice_drop"].passed
