@@ -100,8 +100,14 @@ def ray_session():
 
     if not ray.is_initialized():
         # The dashboard holds the state API that Ray Train's placement-group cleaner needs (see lensops.core.compute).
+        # address="local": never join a cluster a crashed test left in /tmp/ray/ray_current_cluster.
         ray.init(
-            num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False, log_to_driver=False
+            address="local",
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            configure_logging=False,
+            log_to_driver=False,
         )
     yield ray
     ray.shutdown()

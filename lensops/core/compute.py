@@ -29,7 +29,11 @@ def ensure_ray() -> bool:
     # state API lives there, and Ray Train uses it to release the placement group of a run whose
     # controller was stopped from outside (a Tune trial that ASHA cuts short); without it the
     # CPUs of every stopped trial stay reserved and the next trial waits forever.
+    # `address` is explicit: left to None, ray.init joins whatever cluster the machine-wide file
+    # /tmp/ray/ray_current_cluster names, which outlives a `ray start` or test cluster killed
+    # without cleanup, and the run then waits on a dead address instead of starting its own Ray.
     ray.init(
+        address=os.environ.get("RAY_ADDRESS") or "local",
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         ignore_reinit_error=True,
