@@ -58,7 +58,6 @@ def evidently_default(reference: np.ndarray, current: np.ndarray, cfg: DriftSett
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift
 
-
     ref, cur = embedding_frame(reference), embedding_frame(current)
     definition = DataDefinition(embeddings={"embedding": list(ref.columns)})
     method = drift_method(cfg, dim=reference.shape[1], rows=len(reference))

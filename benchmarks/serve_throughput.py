@@ -8,6 +8,9 @@
 thread pool at concurrency 1 and 32; the script prints requests/s, p50 and p99 latency, and the
 ratios a/b and a/c. The client shares the machine's cores with the server.
 
+(a) runs three times: with capture off, with the default capture policy, and capturing every
+image (`monitoring.capture.sample_rate=1`), and the script prints what capture costs against off.
+
     python benchmarks/serve_throughput.py [--requests 400] [--size 32] [--model smallcnn] [-S key=value ...]
     python benchmarks/serve_throughput.py --model resnet18 --size 64 --epochs 1   # a forward that costs something
 """
@@ -30,6 +33,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+# The served application three ways; "lensops" is the default capture policy.
+CAPTURE = {
+    "capture off": {"monitoring.capture.enabled": False},
+    "lensops": {},
+    "capture all": {"monitoring.capture.sample_rate": 1.0, "monitoring.capture.low_score_below": None},
+}
 
 
 def free_port() -> int:
@@ -126,6 +137,7 @@ def main() -> None:
     from data.prepare import prepare_dataset
     from lensops.core.registry import Registry
     from lensops.core.settings import load_settings
+    from serving.app import build_app
     from serving.server import start, stop
     from training.promotion import promote
     from training.train import train
@@ -151,15 +163,15 @@ def main() -> None:
         registry = Registry.of(settings)
 
         port = free_port()
-        url, started_ray = start(settings, port=port)
-        _wait(url)
+        url, started_ray = start(settings.updated(CAPTURE["capture off"]), port=port)
         results = {}
-        for c in (1, 32):
-            results[("lensops", c)] = load(url, bodies, c, args.requests)
+        for name, overrides in CAPTURE.items():
+            serve.run(build_app(settings.updated(overrides)), name="lensops", route_prefix="/", blocking=False)
+            _wait(url)
+            for c in (1, 32):
+                results[(name, c)] = load(url, bodies, c, args.requests)
         serve.delete("lensops")
-        serve.run(
-            naive_app(registry, "@champion", args.size), name="naive", route_prefix="/", blocking=False
-        )
+        serve.run(naive_app(registry, "@champion", args.size), name="naive", route_prefix="/", blocking=False)
         _wait(url, path="/docs")
         for c in (1, 32):
             results[("naive", c)] = load(url, bodies, c, args.requests)
@@ -188,6 +200,9 @@ def main() -> None:
             a, b = results[("lensops", c)]["rps"], results[("naive", c)]["rps"]
             print(f"concurrency {c}: a/b = {a / b:.2f}   a/c = {a / raw_rps:.3f}")
         print("aim: a/b at least 2 at concurrency 32 on CPU")
+        for name in ("lensops", "capture all"):
+            ratios = [results[(name, c)]["rps"] / results[("capture off", c)]["rps"] for c in (1, 32)]
+            print(f"{name} / capture off: req/s ratio {ratios[0]:.2f} at c=1, {ratios[1]:.2f} at c=32")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -41,30 +41,47 @@ def write_digits(out: Path, *, size: int = 32) -> dict[str, int]:
 SHIFTED_PREFIX = "shifted_"
 
 
-def shift_transform(seed: int):
-    """The demo's distribution shift: a new scanner that blurs, darkens, flattens and tilts the digits."""
+SHIFTS = ("scanner", "inverted")
+
+
+def shift_transform(seed: int, kind: str = "scanner"):
+    """A distribution shift for the demo.
+
+    - `scanner`: a new scanner that blurs, darkens, flattens and tilts the digits (the shift the
+      demo labels and retrains on);
+    - `inverted`: dark ink on a light page, slightly tilted and blurred (a shift no training data
+      covers, for the drift that must still alarm after retraining).
+    """
     import albumentations as A
 
-    transform = A.Compose(
-        [
+    if kind not in SHIFTS:
+        raise UsageError(f"unknown shift {kind!r}; choose one of {', '.join(SHIFTS)}")
+    if kind == "inverted":
+        steps = [A.InvertImg(p=1.0), A.Affine(rotate=(-15, 15), p=1.0), A.GaussianBlur(blur_limit=(3, 3), p=0.5)]
+    else:
+        steps = [
             A.Affine(rotate=(-30, 30), scale=(0.8, 0.95), p=1.0),
             A.GaussianBlur(blur_limit=(3, 5), p=1.0),
             A.RandomBrightnessContrast(brightness_limit=(-0.35, -0.2), contrast_limit=(-0.5, -0.3), p=1.0),
             A.GaussNoise(std_range=(0.04, 0.08), p=1.0),
-        ],
-        seed=seed,
-    )
-    return transform
+        ]
+    return A.Compose(steps, seed=seed)
 
 
 def write_traffic(
-    prepared: Path, out: Path, *, splits: tuple[str, ...] = ("test",), shift: bool = False, seed: int = 0
+    prepared: Path,
+    out: Path,
+    *,
+    splits: tuple[str, ...] = ("test",),
+    shift: bool | str = False,
+    seed: int = 0,
 ) -> dict[str, int]:
-    """Write the images of `splits` of a prepared dataset as `out/<label>/<name>.png`; returns images per class.
+    """Write the original images of `splits` of a prepared dataset as `out/<label>/<name>.png`.
 
-    With `shift`, each image goes through `shift_transform(seed)` and is named with the
-    `shifted_` prefix, so the files can be added to `data/raw` next to their clean originals.
-    Deterministic for a given seed.
+    With `shift` (True for `scanner`, or a kind of `SHIFTS`), each image goes through
+    `shift_transform(seed, kind)` and is named with the `shifted_` prefix. Images that came from
+    production (provenance `source`) are left out: traffic is made from the original data only.
+    Deterministic for a given seed. Returns images per class.
     """
     from .prepare import load_prepared
     from .transforms import decode, to_rgb
@@ -74,7 +91,9 @@ def write_traffic(
     if unknown:
         raise UsageError(f"no split named {', '.join(unknown)} in {prepared}; have {sorted(set(manifest['split']))}")
     rows = manifest[manifest["split"].isin(splits)].sort_values("path")
-    transform = shift_transform(seed) if shift else None
+    if "source" in rows:
+        rows = rows[rows["source"] == "original"]
+    transform = shift_transform(seed, "scanner" if shift is True else shift) if shift else None
     counts: dict[str, int] = {}
     for path, label in zip(rows["path"], rows["label"], strict=True):
         image = to_rgb(decode((raw / path).read_bytes()))

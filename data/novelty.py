@@ -1,12 +1,24 @@
 """Novelty: is an image from a region of the embedding space the model was trained on?
 
 A version's registered baseline holds the embeddings of its training images (up to
-`train.reference_max`) and of its validation images, which it never trained on. An embedding's
-distance to the training data is the mean distance to its `k` nearest training embeddings
-(L2-normalised, so the scale of a network's features does not matter). The validation images
-show how far covered but unseen images lie: the `quantile` of their distances is the threshold,
-and a record's novelty is its distance divided by that threshold. Above 1, the record is novel:
-further from everything the model learnt than 99 % (by default) of held-out images of the
+`train.reference_max`) and of its validation images, which it never trained on. Embeddings are
+L2-normalised, so the scale of a network's features does not matter. A record is scored against
+the training embeddings by one of two methods (`drift.novelty_method`):
+
+- `lof` (the default): scikit-learn's Local Outlier Factor in novelty mode, the density around
+  the record relative to the density around its `k` nearest training embeddings. About 1 inside
+  what was learnt, however sparsely; large only away from it.
+- `knn`: the mean distance to the `k` nearest training embeddings.
+
+Why LOF: after a retrain on a few hundred labelled production images, the newly learnt region
+holds far fewer training images than the original data, so its images lie further from their
+neighbours than held-out images of the dense original region. A plain distance calls a quarter
+of that covered traffic novel (`benchmarks/drift_settles.py`); a density-relative score does not,
+and an image far from everything still scores high.
+
+The validation images show what covered but unseen images score: the `quantile` of their scores
+is the threshold, and a record's novelty is its score divided by that threshold. Above 1, the
+record is novel: less like the training data than 99 % (by default) of held-out images of the
 training distribution.
 
 That makes drift one-sided: production that is a subset of what the model was trained on (only
@@ -25,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+METHODS = ("lof", "knn")
+
 
 def _normalised(embeddings: np.ndarray) -> np.ndarray:
     array = np.asarray(embeddings, dtype=np.float32)
@@ -33,45 +47,69 @@ def _normalised(embeddings: np.ndarray) -> np.ndarray:
 
 @dataclass
 class NoveltyReference:
-    """Nearest-neighbour distances to a version's training embeddings, scaled by held-out validation images."""
+    """Scores against a version's training embeddings, scaled by held-out validation images."""
 
     train: np.ndarray  # L2-normalised training embeddings
     threshold: float
     k: int
     quantile: float
+    method: str = "lof"
 
     def __post_init__(self) -> None:
-        from sklearn.neighbors import NearestNeighbors
+        from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
-        self._index = NearestNeighbors(n_neighbors=min(self.k + 1, len(self.train))).fit(self.train)
+        if self.method not in METHODS:
+            raise ValueError(f"novelty method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method == "lof":
+            self._index = LocalOutlierFactor(n_neighbors=min(self.k, len(self.train) - 1), novelty=True)
+        else:
+            self._index = NearestNeighbors(n_neighbors=min(self.k + 1, len(self.train)))
+        self._index.fit(self.train)
 
     @classmethod
-    def from_baseline(cls, baseline: pd.DataFrame, *, k: int = 5, quantile: float = 0.99) -> NoveltyReference:
+    def from_settings(cls, baseline: pd.DataFrame, drift) -> NoveltyReference:
+        """With `drift.novelty_method`, `novelty_k` and `novelty_quantile` (the `drift` settings section)."""
+        return cls.from_baseline(
+            baseline, k=drift.novelty_k, quantile=drift.novelty_quantile, method=drift.novelty_method
+        )
+
+    @classmethod
+    def from_baseline(
+        cls, baseline: pd.DataFrame, *, k: int = 20, quantile: float = 0.99, method: str = "lof"
+    ) -> NoveltyReference:
         embeddings = np.stack(baseline["embedding"].to_numpy())
         split = baseline["split"].to_numpy() if "split" in baseline else np.full(len(baseline), "val")
         train, held_out = embeddings[split == "train"], embeddings[split != "train"]
         leave_one_out = len(train) == 0  # an older baseline: validation embeddings only
         train = held_out if leave_one_out else train
-        reference = cls(_normalised(train), 1.0, max(1, min(k, len(train) - int(leave_one_out))), quantile)
-        reference.threshold = float(np.quantile(reference.distances(held_out, leave_one_out=leave_one_out), quantile))
+        if len(train) < 3:
+            raise ValueError(f"a novelty reference needs at least 3 embeddings; the baseline has {len(train)}")
+        k = max(1, min(k, len(train) - 1 - int(leave_one_out)))
+        reference = cls(_normalised(train), 1.0, k, quantile, method)
+        reference.threshold = float(np.quantile(reference.scores(held_out, leave_one_out=leave_one_out), quantile))
         return reference
 
-    def distances(self, embeddings: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
-        """Mean distance of each embedding to its k nearest training embeddings (itself left out if asked)."""
+    def scores(self, embeddings: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
+        """Each embedding's raw score (LOF, or mean k-NN distance); for the reference's own points, leave one out."""
         if len(embeddings) == 0:
             return np.zeros(0)
+        if self.method == "lof":
+            if leave_one_out:  # the training points' own LOF, each computed without itself
+                return -self._index.negative_outlier_factor_
+            return -self._index.score_samples(_normalised(embeddings))
         found, _ = self._index.kneighbors(_normalised(embeddings), n_neighbors=self.k + int(leave_one_out))
         return found[:, int(leave_one_out) :].mean(axis=1)
 
     def novelty(self, embeddings: np.ndarray) -> np.ndarray:
-        """Distance over the threshold: above 1 is further than `quantile` of held-out images."""
-        return self.distances(embeddings) / max(self.threshold, 1e-12)
+        """Score over the threshold: above 1 is less like the training data than `quantile` of held-out images."""
+        return self.scores(embeddings) / max(self.threshold, 1e-12)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | str]:
         return {
+            "method": self.method,
             "k": self.k,
             "quantile": self.quantile,
-            "threshold_distance": self.threshold,
+            "threshold_score": self.threshold,
             "n_train": len(self.train),
         }
 

@@ -126,3 +126,9 @@ def serve_check(root: Path, *, stop_signal: int = signal.SIGINT) -> dict:
     finally:
         code = server.stop(stop_signal)
     return {"answers": answers, "exit_code": code, "correct": sum(a["label"] == a["predicted"] for a in answers)}
+
+
+def sha256_of_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

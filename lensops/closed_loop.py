@@ -1,22 +1,25 @@
-"""The end-to-end demo on the built-in digits, as `make demo` runs it: the closed loop.
+"""The end-to-end demo on the built-in digits, as `make demo` runs it: the production data loop.
 
-demo data → validate → prepare → train → review → promote → serve → clean traffic (no drift)
-→ shifted traffic (the digits blurred, darkened, tilted) → drift found → the shifted images,
-labelled, added to `data/raw` as a new DVC version → retrain → review → promote → the same
-server now answers with the new version → shifted traffic again.
+digits → validate → prepare → train → review → promote → serve → clean traffic (no drift) →
+shifted traffic (a new scanner: blurred, darkened, tilted digits) → drift → `lensops label
+export` → a scripted labeller fills labels.csv from the true labels (it stands in for a person)
+→ `lensops label import` → a new DVC data version → `lensops retrain` (review by slice, promote)
+→ the server follows the new champion → the same shifted traffic → no drift, accuracy recovered →
+inverted digits, a shift no training data covers → drift.
 
 Every step is a command a user could type (the lensops CLI or DVC), run as a subprocess, or an
-HTTP client talking to the running `lensops serve`; the demo imports no stage package. The
-steps, their durations and outcomes are printed as a table and written to
-`reports/demo_summary.json`.
+HTTP client talking to the running `lensops serve`; the demo imports no stage package. The steps,
+their durations and outcomes are printed as a table and written to `reports/demo_summary.json`.
 
-Held-out honesty: the shifted traffic that is added to the training data comes from the train
-and validation splits; the accuracy before and after retraining is measured on shifted copies
-(another seed) of the test split, which neither version trained on in any form.
+Held-out honesty: the images exported for labelling come from the shifted copies of the train
+and validation splits only (the export's `--since` starts after the hold-out was sent); accuracy
+before and after retraining is measured on shifted copies (another seed) of the test split, which
+no version trained on in any form.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -28,14 +31,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.rule import Rule
-from rich.table import Table
 
 from .client import SHIFTED_PREFIX, Server, one_per_class, tool
 
 console = Console()
 DVC_REMOTE = ".dvc-storage"  # the demo's local DVC remote; git-ignored
-TRAFFIC = Path("reports/demo")
-SHIFT_SEED_1 = ["--shift", "--seed", "1"]  # the demo's traffic folders
+TRAFFIC = Path("reports/demo")  # the demo's traffic folders
+LABELS = 300  # images the scripted labeller labels
+STATE = ("reports/production_log", "reports/capture", "reports/labelling", "reports/drift", "reports/retrain")
 
 
 @dataclass
@@ -67,26 +70,28 @@ class ClosedLoop:
     windows: dict[str, str] = field(default_factory=dict)
     results: dict = field(default_factory=dict)
 
-    # -- steps that are not a single command --
-
-    def reset_shifted(self) -> int:
-        """Remove shifted images an earlier demo run added to data/raw (its DVC version keeps them)."""
+    def reset(self) -> int:
+        """Remove what an earlier demo run added to data/raw (its DVC version keeps it) and its reports."""
         raw = self.root / "data" / "raw"
-        stale = list(raw.glob(f"*/{SHIFTED_PREFIX}*")) if raw.is_dir() else []
+        imported = [raw / json.loads(line)["path"] for f in (raw / ".provenance").glob("*.jsonl") for line in f.open()]
+        stale = [p for p in imported if p.is_file()] + (list(raw.glob(f"*/{SHIFTED_PREFIX}*")) if raw.is_dir() else [])
         for path in stale:
             path.unlink()
+        shutil.rmtree(raw / ".provenance", ignore_errors=True)
         if stale:
-            console.print(f"removed {len(stale)} shifted images of an earlier demo run from data/raw")
-        shutil.rmtree(self.root / TRAFFIC, ignore_errors=True)
+            console.print(f"removed {len(stale)} images an earlier demo run added to data/raw")
+        for folder in (TRAFFIC, *STATE):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
         for name in ("demo_served.json", "demo_summary.json"):
             (self.root / "reports" / name).unlink(missing_ok=True)
         return 0
 
     def first_repro(self) -> int:
         code = _run([tool("dvc"), "repro"], self.root)
-        evaluation = self._json("metrics/eval.json")
+        evaluation = self.json("metrics/eval.json")
         if evaluation:  # kept: the retraining overwrites metrics/eval.json
             self.results["first_eval"] = {k: evaluation[k] for k in ("accuracy", "macro_f1")}
+        self.results["first_review"] = self.json("reports/review/review.json")
         return code
 
     def start_server(self) -> int:
@@ -96,14 +101,12 @@ class ClosedLoop:
         return 0
 
     def answer_one_per_class(self) -> int:
-        assert self.server is not None
         answers = one_per_class(self.server, self.root)
         self.results["served"] = {"answers": answers, "correct": sum(a["label"] == a["predicted"] for a in answers)}
         return 0 if answers else 1
 
     def send(self, key: str, folder: Path) -> int:
-        """Send a traffic folder; the window's start time is kept for `lensops drift --since`."""
-        assert self.server is not None
+        """Send a traffic folder; the window's start time is kept for `--since`."""
         self.windows.setdefault(key, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1)) + "Z")
         sent = self.server.send_folder(self.root / folder)
         self.results.setdefault("traffic", {})[f"{key}:{folder.name}"] = sent
@@ -111,37 +114,56 @@ class ClosedLoop:
                       f"answered by version {', '.join(sent['versions'])}")  # fmt: skip
         return 0
 
-    def drift_command(self, key: str, *extra: str) -> list[str]:
-        # The window is fixed when the step runs, so these are built lazily (see `lazy`).
-        return [tool("lensops"), "drift", "--since", self.windows[key], "--report-dir", f"reports/drift/{key}", *extra]
+    def drift(self, key: str, *extra: str) -> int:
+        command = [tool("lensops"), "drift", "--since", self.windows[key], "--report-dir", f"reports/drift/{key}"]
+        return _run([*command, *extra], self.root)
 
-    def add_shifted_to_raw(self) -> int:
-        """The shifted production images, labelled, become part of data/raw (next to the originals)."""
-        added = 0
-        for image in sorted((self.root / TRAFFIC / "shifted").glob("*/*.png")):
-            target = self.root / "data" / "raw" / image.parent.name / image.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(image, target)
-            added += 1
-        console.print(f"added {added} labelled shifted images to data/raw")
-        self.results["added_images"] = added
-        return 0 if added else 1
+    def export_labels(self) -> int:
+        out = self.root / TRAFFIC / "labelling"
+        since = ["--since", self.windows["traffic"]]  # the shifted train/val traffic, never the hold-out
+        code = _run([tool("lensops"), "label", "export", "--n", str(LABELS), *since, "--out", str(out)], self.root)
+        batches = sorted(out.glob("batch-*/labels.csv"))
+        self.results["batch"] = str(batches[-1]) if batches else None
+        return code
+
+    def label_like_a_person(self) -> int:
+        """The scripted labeller fills `label` from the true labels (the traffic folders), standing in for a person."""
+        from .client import sha256_of_file
+
+        truth = {sha256_of_file(p): p.parent.name for p in (self.root / TRAFFIC).glob("*/*/*.png")}
+        labels = Path(self.results["batch"])
+        with open(labels, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            row["label"] = truth[row["sha256"]]
+        with open(labels, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        console.print(f"[bold]a scripted labeller stands in for a person[/]: {len(rows)} labels filled in {labels}")
+        self.results["exported"] = len(rows)
+        return 0
+
+    def import_labels(self) -> int:
+        who = ["--labelled-by", "scripted labeller (make demo)"]
+        return _run([tool("lensops"), "label", "import", self.results["batch"], *who], self.root)
+
+    def retrain(self) -> int:
+        drift_run = (self.json("reports/drift/shifted/drift.json") or {}).get("run_id") or ""
+        reason = ["--reason", "make demo: drift on shifted traffic, labelled production images imported"]
+        return _run([tool("lensops"), "retrain", *reason, "--drift-run", drift_run], self.root)
 
     def wait_for_new_version(self, timeout: float = 60) -> int:
         """The running server follows @champion: wait until it answers with the promoted version."""
-        assert self.server is not None
-        retrained = self._json("reports/retrain/retrain.json") or {}
-        target = retrained.get("version")
-        if not target:
-            return 1
+        target = (self.json("reports/retrain/retrain.json") or {}).get("version")
         deadline = time.monotonic() + timeout
-        while self.server.served_version() != target:
+        while target and self.server.served_version() != target:
             if time.monotonic() > deadline:
                 console.print(f"[red]the server still answers with {self.server.served_version()}, not {target}[/]")
                 return 1
             time.sleep(1)
         console.print(f"the same server now answers with version {target}, without a restart")
-        return 0
+        return 0 if target else 1
 
     def stop_server(self) -> int:
         code = self.server.stop() if self.server else 0
@@ -149,26 +171,23 @@ class ClosedLoop:
         self.server = None
         return code
 
-    def _json(self, relative: str) -> dict | None:
+    def json(self, relative: str) -> dict | None:
         path = self.root / relative
         return json.loads(path.read_text()) if path.is_file() else None
 
 
 def demo_steps(loop: ClosedLoop) -> list[Step]:
-    return [*first_version_steps(loop), *loop_steps(loop)]
+    return [*first_version_steps(loop), *traffic_steps(loop), *labelling_steps(loop), *after_steps(loop)]
 
 
 def first_version_steps(loop: ClosedLoop) -> list[Step]:
     """From the digits to a served champion: data, DVC, the pipeline, promotion, the server."""
-    root = loop.root
     lensops, dvc = tool("lensops"), tool("dvc")
+    remote = [dvc, "remote", "add", "--local", "--force", "--default", "demo", str(loop.root / DVC_REMOTE)]
     return [
-        Step("reset what an earlier demo run added", action=loop.reset_shifted),
+        Step("reset what an earlier demo run added", action=loop.reset),
         Step("write the digits as PNG files", [lensops, "data", "demo"]),
-        Step(
-            "configure a local DVC remote",
-            [dvc, "remote", "add", "--local", "--force", "--default", "demo", str(root / DVC_REMOTE)],
-        ),
+        Step("configure a local DVC remote", remote),
         Step("version data/raw with DVC", [dvc, "add", "--quiet", "data/raw"]),
         Step("push the data version to the remote", [dvc, "push", "--quiet"]),
         Step("dvc repro (validate, prepare, train, review)", action=loop.first_repro),
@@ -178,51 +197,52 @@ def first_version_steps(loop: ClosedLoop) -> list[Step]:
     ]
 
 
-def loop_steps(loop: ClosedLoop) -> list[Step]:
-    """Production traffic, drift, new labelled data, retraining, and the server following the new champion."""
-    root = loop.root
-    lensops, dvc = tool("lensops"), tool("dvc")
-    traffic = [lensops, "data", "traffic"]
+def traffic_steps(loop: ClosedLoop) -> list[Step]:
+    """Clean traffic (no drift), then a new scanner's traffic (drift)."""
+    traffic = [tool("lensops"), "data", "traffic", "--out"]
+    shifted = ["--split", "train", "--split", "val", "--shift", "--seed", "1"]
+    holdout = ["--split", "test", "--shift", "--seed", "2"]
+    inverted = ["--split", "test", "--shift", "--shift-kind", "inverted", "--seed", "3"]
     return [
-        Step("write clean traffic (test split)", [*traffic, "--out", str(TRAFFIC / "clean"), "--split", "test"]),
+        Step("write clean traffic (test split)", [*traffic, str(TRAFFIC / "clean"), "--split", "test"]),
         Step("send clean traffic", action=lambda: loop.send("clean", TRAFFIC / "clean")),
-        Step("drift on clean traffic: none expected", action=lambda: _run(loop.drift_command("clean"), root)),
+        Step("drift on clean traffic: none expected", action=lambda: loop.drift("clean")),
         Step(
-            "write shifted traffic (train and val splits, blurred, dark, tilted)",
-            [*traffic, "--out", str(TRAFFIC / "shifted"), "--split", "train", "--split", "val", *SHIFT_SEED_1],
+            "write shifted traffic (train and val splits, a new scanner)",
+            [*traffic, str(TRAFFIC / "shifted"), *shifted],
         ),
         Step(
             "write the shifted hold-out (test split, another seed)",
-            [*traffic, "--out", str(TRAFFIC / "shifted_holdout"), "--split", "test", "--shift", "--seed", "2"],
+            [*traffic, str(TRAFFIC / "shifted_holdout"), *holdout],
         ),
-        Step("send shifted traffic", action=lambda: loop.send("shifted", TRAFFIC / "shifted")),
+        Step("write inverted digits (a shift no data covers)", [*traffic, str(TRAFFIC / "inverted"), *inverted]),
         Step("send the shifted hold-out", action=lambda: loop.send("shifted", TRAFFIC / "shifted_holdout")),
-        Step(
-            "drift on shifted traffic: drift expected",
-            action=lambda: _run(loop.drift_command("shifted"), root),
-            expect=(4,),
-        ),
-        Step("add the labelled shifted images to data/raw", action=loop.add_shifted_to_raw),
-        Step("version the new data/raw with DVC", [dvc, "add", "--quiet", "data/raw"]),
-        Step("push the new data version", [dvc, "push", "--quiet"]),
-        Step(
-            "retrain (dvc repro), review, promote",
-            action=lambda: _run(
-                [
-                    lensops,
-                    "retrain",
-                    "--force",
-                    "--reason",
-                    "make demo: drift on shifted traffic",
-                    "--drift-run",
-                    (loop._json("reports/drift/shifted/drift.json") or {}).get("run_id") or "",
-                ],
-                root,
-            ),
-        ),
+        Step("send shifted traffic", action=lambda: loop.send("traffic", TRAFFIC / "shifted")),
+        Step("drift on shifted traffic: drift expected", action=lambda: loop.drift("shifted"), expect=(4,)),
+    ]
+
+
+def labelling_steps(loop: ClosedLoop) -> list[Step]:
+    """Production images to labelled data: export, label, import (a new data version), retrain."""
+    return [
+        Step(f"label export: the {LABELS} captured images most worth labelling", action=loop.export_labels),
+        Step("a scripted labeller fills labels.csv (standing in for a person)", action=loop.label_like_a_person),
+        Step("label import: checked, added with provenance, dvc add", action=loop.import_labels),
+        Step("push the new data version", [tool("dvc"), "push", "--quiet"]),
+        Step("retrain (dvc repro), review by slice, promote", action=loop.retrain),
         Step("the running server follows @champion", action=loop.wait_for_new_version),
+    ]
+
+
+def after_steps(loop: ClosedLoop) -> list[Step]:
+    """The same shifted traffic settles; a shift nobody trained on still alarms."""
+    lensops, dvc = tool("lensops"), tool("dvc")
+    return [
         Step("send the shifted hold-out again", action=lambda: loop.send("after", TRAFFIC / "shifted_holdout")),
-        Step("drift after retraining", action=lambda: _run(loop.drift_command("after"), root), expect=(0, 4)),
+        Step("send the same shifted traffic again", action=lambda: loop.send("after", TRAFFIC / "shifted")),
+        Step("drift after retraining: none expected", action=lambda: loop.drift("after")),
+        Step("send inverted digits", action=lambda: loop.send("uncovered", TRAFFIC / "inverted")),
+        Step("drift on inverted digits: drift expected", action=lambda: loop.drift("uncovered"), expect=(4,)),
         Step("stop serving", action=loop.stop_server),
         Step("list the registered versions", [lensops, "models"]),
         Step("push the pipeline outputs", [dvc, "push", "--quiet"]),
@@ -235,6 +255,8 @@ def _run(command: list[str], root: Path) -> int:
 
 
 def run_demo(root: Path) -> int:
+    from .closed_loop_summary import print_table, summarize
+
     loop = ClosedLoop(root)
     steps = demo_steps(loop)
     started = time.perf_counter()
@@ -258,81 +280,6 @@ def run_demo(root: Path) -> int:
     summary = summarize(loop, steps, time.perf_counter() - started)
     print_table(steps, summary)
     return 0 if summary["ok"] else 1
-
-
-def summarize(loop: ClosedLoop, steps: list[Step], seconds: float) -> dict:
-    root = loop.root
-    results: dict = {
-        "ok": all(s.ok for s in steps),
-        "seconds": round(seconds, 1),
-        "steps": [s.as_dict() for s in steps],
-    }
-    evaluation = root / "metrics" / "eval.json"
-    first = loop.results.get("first_eval")
-    if evaluation.is_file():  # what the last train stage measured on its test split
-        metrics = json.loads(evaluation.read_text())
-        results["test_accuracy"], results["test_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
-    if first:  # the first version, on the clean digits' test split
-        results["first_model"] = first
-        console.print(f"first model: test accuracy {first['accuracy']:.4f}, macro F1 {first['macro_f1']:.4f}")
-    review = loop._json("reports/review/review.json")
-    if review:
-        results["review_verdict"] = review["verdict"]
-        results["reviewed_version"] = review["challenger"]["version"]
-    for key in ("clean", "shifted", "after"):
-        drift = loop._json(f"reports/drift/{key}/drift.json")
-        if drift:
-            results[f"drift_{key}"] = {k: drift[k] for k in ("drift", "verdict", "method", "score", "threshold",
-                                                               "n_reference", "n_current", "run_id")}  # fmt: skip
-            results[f"drift_{key}"]["model_version"] = drift["model"]["version"]
-    retrained = loop._json("reports/retrain/retrain.json")
-    results["retrained"] = bool(retrained and retrained.get("outcome") in ("promoted", "trained", "held"))
-    results["retrain"] = retrained
-    results["promoted_version"] = retrained.get("version") if retrained and retrained["outcome"] == "promoted" else None
-    traffic = loop.results.get("traffic", {})
-    before = traffic.get("shifted:shifted_holdout")
-    after = traffic.get("after:shifted_holdout")
-    results["accuracy_on_shifted_before"] = before["accuracy"] if before else None
-    results["accuracy_on_shifted_after"] = after["accuracy"] if after else None
-    results["accuracy_on_clean"] = traffic.get("clean:clean", {}).get("accuracy")
-    results["traffic"] = traffic
-    results["added_images"] = loop.results.get("added_images", 0)
-    results["served"] = loop.results.get("served")
-    summary = root / "reports" / "demo_summary.json"
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(json.dumps(results, indent=2) + "\n")
-    return results
-
-
-def print_table(steps: list[Step], summary: dict) -> None:
-    table = Table(title="lensops demo: the closed loop", title_justify="left")
-    for column in ("step", "seconds", "result"):
-        table.add_column(column)
-    for step in steps:
-        if step.returncode is None:
-            result = "[dim]not run[/]"
-        elif step.ok:
-            result = "[green]ok[/]" + (f" (exit {step.returncode})" if step.returncode else "")
-        else:
-            result = f"[red]failed (exit {step.returncode})[/]"
-        table.add_row(step.name, f"{step.seconds:.1f}" if step.returncode is not None else "", result)
-    console.print(table)
-    lines = []
-    for key in ("clean", "shifted", "after"):
-        d = summary.get(f"drift_{key}")
-        if d:
-            lines.append(f"drift on {key} traffic (v{d['model_version']}): {d['verdict']}, score {d['score']}")
-    before, after = summary.get("accuracy_on_shifted_before"), summary.get("accuracy_on_shifted_after")
-    if before is not None:
-        after_text = f", {after:.4f} after (v{summary['promoted_version']})" if after is not None else ""
-        lines.append(f"accuracy on the shifted hold-out: {before:.4f} before retraining{after_text}")
-    if "test_accuracy" in summary:
-        lines.append(
-            f"latest model: test accuracy {summary['test_accuracy']:.4f}, macro F1 {summary['test_macro_f1']:.4f}"
-        )
-    lines.append(f"{summary['seconds'] / 60:.1f} minutes; summary in reports/demo_summary.json")
-    for line in lines:
-        console.print(line)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def _decide(result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, cfg:
 
 def novelty_check(baseline: pd.DataFrame, current: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
     """The share of production records further from the training data than held-out images go."""
-    reference = NoveltyReference.from_baseline(baseline, k=cfg.novelty_k, quantile=cfg.novelty_quantile)
+    reference = NoveltyReference.from_settings(baseline, cfg)
     scores = reference.novelty(current)
     share = float((scores > 1.0).mean())
     return {

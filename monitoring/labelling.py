@@ -75,7 +75,7 @@ def candidates(settings: Settings, *, model: str | None, since: str | None, last
     per_image = per_image[~drop].reset_index(drop=True)
     if len(per_image):
         d = settings.drift
-        reference = NoveltyReference.from_baseline(baseline, k=d.novelty_k, quantile=d.novelty_quantile)
+        reference = NoveltyReference.from_settings(baseline, d)
         per_image["novelty"] = reference.novelty(np.stack(per_image["embedding"].to_numpy()))
     per_image["uncertainty"] = 1.0 - per_image["score"].astype(float)
     return {"name": name, "version": number, "classes": classes}, per_image, excluded

@@ -43,7 +43,7 @@ def replay(
         network, spec, classes, baseline = version.network(), version.spec, version.classes, version.baseline()
         name, number = version.name, version.version
     drift = settings.drift
-    reference = NoveltyReference.from_baseline(baseline, k=drift.novelty_k, quantile=drift.novelty_quantile)
+    reference = NoveltyReference.from_settings(baseline, drift)
     ranges = stat_ranges(baseline)
     if log_dir is not None:
         settings = settings.updated({"monitoring.log_dir": str(log_dir)})

@@ -59,6 +59,7 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
         MODEL_MAX_BATCHES,
         s.alias_poll_seconds,
         "cuda" if gpus else "cpu",
+        settings.drift,
     )
     return Ingress.options(
         ray_actor_options=cpus, max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests
@@ -68,9 +69,8 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
         max_body_bytes=s.max_body_bytes,
         request_timeout_s=s.request_timeout_s,
         top_k=s.top_k,
-        log_dir=str(settings.path(settings.monitoring.log_dir)),
-        flush_seconds=settings.monitoring.flush_seconds,
-        flush_records=settings.monitoring.flush_records,
+        monitoring=settings.monitoring,
+        root=str(settings.root),
         api_key=api_key if api_key is not None else os.environ.get("LENSOPS_API_KEY") or None,
         max_batch_size=s.max_batch_size,
         batch_wait_ms=s.batch_wait_ms,

@@ -2,14 +2,19 @@
 
 Concurrent requests are gathered with `@serve.batch` and go on together: one call to
 preprocessing per 8 images and one to the model per batch, instead of two calls per request
-(see benchmarks/README.md for what a request costs). Every 200 answer appends a record to the
-production log (`lensops.core.production_log`).
+(see benchmarks/README.md for what a request costs). Every 200 answer goes to
+`lensops.core.capture.AnswerLog`: a production-log record with the image's sha256, and for the
+images the capture policy picks (low score, novel embedding, statistic outside the training
+range, a random sample), the bytes as received in the capture store, written off the answer's
+path before the record that points to them. Neither ever fails or delays an answer; their
+failures are counted in /metrics.
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations
 (`request: Request`) at runtime, and Ray Serve's class-based routes do not resolve string ones.
 """
 
 import asyncio
+import hashlib
 import time
 import uuid
 from typing import Any
@@ -46,22 +51,25 @@ class Ingress:
         max_body_bytes: int,
         request_timeout_s: float,
         top_k: int,
-        log_dir: str,
-        flush_seconds: float,
-        flush_records: int,
+        monitoring,
+        root: str,
         api_key: str | None,
         max_batch_size: int,
         batch_wait_ms: float,
     ):
+        from pathlib import Path
+
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        from lensops.core.production_log import ProductionLogWriter
+        from data.novelty import outside
+        from lensops.core.capture import AnswerLog, AnswerLogCollector
 
         self.preprocess, self.model = preprocess, model
         self._answer.set_max_batch_size(max_batch_size)
         self._answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.max_body_bytes, self.timeout, self.top_k, self.api_key = max_body_bytes, request_timeout_s, top_k, api_key
-        self.log = ProductionLogWriter(log_dir, flush_seconds=flush_seconds, flush_records=flush_records)
+        self.answers = AnswerLog(monitoring, Path(root))
+        self.outside = outside  # whether an image statistic is outside the training range
         self._info: dict[str, Any] | None = None
         self._info_at = 0.0
         self.metrics = CollectorRegistry()
@@ -73,6 +81,7 @@ class Ingress:
         self.served_version = Gauge(
             "lensops_model_version", "model version that answered last", ["name"], registry=self.metrics
         )
+        self.metrics.register(AnswerLogCollector(self.answers))
         self._install_handlers()
 
     def _install_handlers(self) -> None:
@@ -125,20 +134,29 @@ class Ingress:
         order = np.argsort(-probabilities)[:top_k]
         request_id = uuid.uuid4().hex
         predictions = [{"label": classes[i], "score": float(probabilities[i])} for i in order]
-        self.log.append(
-            {
-                "request_id": request_id,
-                "model_name": answer["name"],
-                "model_version": answer["version"],
-                "embedding": answer["embedding"],
-                "label": predictions[0]["label"],
-                "score": predictions[0]["score"],
-                **{stat: answer[stat] for stat in IMAGE_STATS},
-            }
+        stats = {stat: answer[stat] for stat in IMAGE_STATS}
+        sha256 = hashlib.sha256(body).hexdigest()
+        record = {
+            "request_id": request_id,
+            "model_name": answer["name"],
+            "model_version": answer["version"],
+            "embedding": answer["embedding"],
+            "label": predictions[0]["label"],
+            "score": predictions[0]["score"],
+            "sha256": sha256,
+            **stats,
+        }
+        novelty = float(answer["novelty"])
+        self.answers.record(
+            body,
+            record,
+            novelty=None if np.isnan(novelty) else novelty,
+            stat_outlier=self.outside(stats, answer["stat_ranges"]),
         )
         self.served_version.labels(answer["name"]).set(float(answer["version"]))
         return {
             "request_id": request_id,
+            "sha256": sha256,
             "model": {"name": answer["name"], "version": answer["version"]},
             "predictions": predictions,
         }
@@ -176,6 +194,8 @@ class Ingress:
                     "classes": result["classes"],
                     "probabilities": result["probabilities"][row],
                     "embedding": result["embedding"][row],
+                    "novelty": result["novelty"][row],
+                    "stat_ranges": info.get("stat_ranges") or {},
                     **{stat: item[stat] for stat in IMAGE_STATS},
                 }
             return answers
@@ -264,4 +284,4 @@ class Ingress:
         return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
 
     def __del__(self):
-        self.log.close()  # a clean shutdown loses no production-log record
+        self.answers.close()  # a clean shutdown loses no production-log record and no queued capture

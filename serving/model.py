@@ -3,7 +3,9 @@
 It receives the project's `Registry` (a small picklable value) and a model reference, opens the
 version through `Registry.open` (the one way to reach a version), loads its network onto the
 replica's device and closes the handle at once: the network, spec and classes are in memory, and
-the downloaded files are gone.
+the downloaded files are gone. From the version's baseline it keeps the novelty reference
+(`data.novelty`): each answer carries its embedding's novelty, which the ingress's capture policy
+reads, and the training range of the image statistics.
 
 Every `serve.alias_poll_seconds` it re-resolves the reference (one metadata call). When the alias
 has moved, the new version is loaded beside the old one and swapped in with one assignment, so
@@ -25,7 +27,7 @@ import numpy as np
 from ray import serve
 
 from lensops.core.registry import Registry
-from lensops.core.settings import PreprocessingSpec
+from lensops.core.settings import DriftSettings, PreprocessingSpec
 
 log = logging.getLogger("lensops.serving")
 MAX_BACKOFF_S = 300.0
@@ -43,13 +45,24 @@ class Served:
     classes: list[str]
     network: Any
     key: str
+    novelty: Any = None  # data.novelty.NoveltyReference, or None for a version without a usable baseline
+    ranges: dict[str, tuple[float, float]] | None = None
 
 
-def load_served(registry: Registry, version: str, device: str) -> Served:
-    """A version's network on `device`, with its spec and classes; no file of it stays on disk."""
+def load_served(registry: Registry, version: str, device: str, drift=None) -> Served:
+    """A version's network on `device`, with its spec, classes and novelty reference; no file of it stays on disk."""
+    from data.novelty import NoveltyReference, stat_ranges
+
     with registry.open(version) as handle:
         network = handle.network(device=device)
-        return Served(handle.name, handle.version, handle.spec, handle.classes, network, spec_key(handle.spec))
+        served = Served(handle.name, handle.version, handle.spec, handle.classes, network, spec_key(handle.spec))
+        try:
+            baseline = handle.baseline()
+            served.novelty = NoveltyReference.from_settings(baseline, drift or DriftSettings())
+            served.ranges = stat_ranges(baseline)
+        except Exception as e:  # answers go on; capture then samples without the outlier rule
+            log.warning("v%s: no novelty reference (%s); capture keeps low scores and samples only", version, e)
+        return served
 
 
 class AliasFollower:
@@ -76,13 +89,22 @@ class AliasFollower:
 
 @serve.deployment
 class Model:
-    def __init__(self, registry: Registry, ref: str, max_batches: int, poll_seconds: float, device: str = "cpu"):
+    def __init__(
+        self,
+        registry: Registry,
+        ref: str,
+        max_batches: int,
+        poll_seconds: float,
+        device: str = "cpu",
+        drift=None,
+    ):
         import torch
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.registry, self.device = registry, device
+        self.drift = drift  # the `drift` settings section: how novelty is scored
         self.follower = AliasFollower(registry, ref)
-        self.served = load_served(registry, registry.resolve(ref), device)
+        self.served = self._load(registry.resolve(ref))
         # The ingress already waited for its batch to fill: take whatever batches are queued, at once.
         self.predict.set_max_batch_size(max_batches)
         self.predict.set_batch_wait_timeout_s(0)
@@ -97,7 +119,7 @@ class Model:
             try:
                 version = self.follower.candidate(self.served.version)
                 if version is not None:
-                    fresh = load_served(self.registry, version, self.device)
+                    fresh = self._load(version)
                     self.served = fresh  # one assignment: a batch sees the old or the new, never a mix
                     log.warning("now serving %s v%s", fresh.name, fresh.version)
             except Exception as e:  # the registry may be briefly unreachable: keep serving what we have
@@ -106,6 +128,9 @@ class Model:
                     log.warning("could not load v%s (next try in %.0f s): %s", version, wait, e)
                 else:
                     log.warning("could not follow %s: %s", self.follower.ref, e)
+
+    def _load(self, version: str) -> Served:
+        return load_served(self.registry, version, self.device, self.drift)
 
     def info(self) -> dict[str, Any]:
         s = self.served
@@ -116,6 +141,7 @@ class Model:
             "preprocessing": s.spec.model_dump(),
             "key": s.key,
             "device": self.device,
+            "stat_ranges": s.ranges or {},
         }
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0)
@@ -133,6 +159,7 @@ class Model:
             logits, embedding = served.network(batch)
         probabilities = torch.softmax(logits.float(), dim=1).cpu().numpy()
         embedding = embedding.float().cpu().numpy()
+        novelty = served.novelty.novelty(embedding) if served.novelty is not None else np.full(len(batch), np.nan)
         start = 0
         for i in ok:
             end = start + len(items[i][0])
@@ -140,6 +167,7 @@ class Model:
                 "version": served.version,
                 "probabilities": probabilities[start:end],
                 "embedding": embedding[start:end],
+                "novelty": novelty[start:end],
                 "classes": served.classes,
                 "batch_size": len(batch),
             }

@@ -34,7 +34,10 @@ def data_traffic(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write <label>/<image>.png.")],
     split: Annotated[list[str] | None, typer.Option(help="Split(s) of data/prepared to take (default test).")] = None,
-    shift: Annotated[bool, typer.Option(help="Apply the demo's distribution shift (blur, dark, tilt, noise).")] = False,
+    shift: Annotated[bool, typer.Option(help="Apply a distribution shift (see --shift-kind).")] = False,
+    shift_kind: Annotated[
+        str, typer.Option(help="scanner (blurred, dark, tilted, noisy) or inverted (dark ink on a light page).")
+    ] = "scanner",
     seed: Annotated[int, typer.Option(help="Seed of the shift.")] = 0,
     overrides: Overrides = None,
 ) -> None:
@@ -43,9 +46,13 @@ def data_traffic(
 
     settings = settings_for(ctx, overrides)
     counts = write_traffic(
-        settings.path(settings.data.prepared), out_dir, splits=tuple(split or ["test"]), shift=shift, seed=seed
+        settings.path(settings.data.prepared),
+        out_dir,
+        splits=tuple(split or ["test"]),
+        shift=shift_kind if shift else False,
+        seed=seed,
     )
-    kind = f"shifted (seed {seed})" if shift else "clean"
+    kind = f"{shift_kind} (seed {seed})" if shift else "clean"
     out.print(f"wrote {sum(counts.values())} {kind} images of {', '.join(split or ['test'])} to {out_dir}")
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .production_log import fsync_folder
 
@@ -235,3 +235,25 @@ class AnswerLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class AnswerLogCollector:
+    """The production log's and the capture store's counters, read when /metrics is scraped."""
+
+    HELP: ClassVar[dict[str, str]] = {
+        "log_written": "production-log records written",
+        "log_failures": "production-log flushes that failed (retried)",
+        "log_dropped": "production-log records dropped after repeated failures",
+        "captured": "images kept in the capture store",
+        "capture_failed": "images the capture store could not keep (the answer went out)",
+        "capture_skipped_busy": "images not kept because the capture queue was full",
+    }
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, value in self.answers.counters().items():
+            yield CounterMetricFamily(f"lensops_{name}", self.HELP[name], value=value)

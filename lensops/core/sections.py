@@ -273,7 +273,10 @@ class DriftSettings(Section):
     novelty_quantile: float = Field(
         0.99, gt=0.5, lt=1, description="a record is novel past this quantile of held-out validation distances"
     )
-    novelty_k: int = Field(5, ge=1, description="neighbours averaged for a record's distance to the training data")
+    novelty_method: Literal["lof", "knn"] = Field(
+        "lof", description="lof: density relative to the nearest training images; knn: mean distance to them"
+    )
+    novelty_k: int = Field(20, ge=1, description="nearest training embeddings a record is compared with")
     method: Literal["model", "mmd", "ratio", "distance"] = Field(
         "model", description="Evidently's embeddings drift method (the shift test)"
     )

@@ -121,21 +121,25 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     assert served["exit_code"] == 0 and len(served["answers"]) == 10  # one image per digit, stopped with SIGINT
     assert {a["version"] for a in served["answers"]} == {"1"}
 
-    # The closed loop: no drift on clean traffic, drift on shifted, retrained on the new data, promoted.
+    # The production data loop: no drift on clean traffic, drift on shifted; the captured images are
+    # exported, labelled, imported as a new data version; retrained, reviewed by slice, promoted.
     assert summary["drift_clean"]["drift"] is False and summary["drift_clean"]["model_version"] == "1"
-    assert summary["drift_shifted"]["drift"] is True and summary["drift_shifted"]["score"] > 0.7
+    assert summary["drift_shifted"]["drift"] is True and summary["drift_shifted"]["score"] > 0.5
     assert summary["retrained"] is True and summary["promoted_version"] == "2"
     assert summary["reviewed_version"] == "2" and summary["review_verdict"] == "promote"
+    assert set(summary["slices"]["challenger"]) == {"source=original", "source=production"}
     traffic = summary["traffic"]
-    assert traffic["shifted:shifted_holdout"]["versions"] == ["1"] and traffic["after:shifted_holdout"]["versions"] == [
-        "2"
-    ]
-    assert 0 <= summary["accuracy_on_shifted_before"] <= 1 and 0 <= summary["accuracy_on_shifted_after"] <= 1
-    assert summary["drift_after"]["model_version"] == "2"
+    assert traffic["shifted:shifted_holdout"]["versions"] == ["1"]
+    assert traffic["after:shifted_holdout"]["versions"] == ["2"]
+    assert summary["accuracy_on_shifted_after"] > summary["accuracy_on_shifted_before"]
+    assert summary["drift_after"]["model_version"] == "2" and summary["drift_after"]["drift"] is False
+    assert summary["drift_uncovered"]["drift"] is True and summary["drift_uncovered"]["model_version"] == "2"
     models = {m["version"]: m for m in json.loads(sh(root, "lensops", "models", "--json").stdout)}
     assert "champion" in models[2]["aliases"].split(",") and "previous" in models[1]["aliases"].split(",")
     n_images = json.loads((root / "metrics" / "data.json").read_text())["n_images"]
-    assert summary["added_images"] > 1000 and n_images == 1797 + summary["added_images"]
+    assert summary["images_exported"] == summary["images_imported"] > 100
+    assert summary["images_captured"] >= summary["images_exported"] and summary["data_version"].endswith(".dir")
+    assert n_images == 1797 + summary["images_imported"]
 
     # MLflow links the trigger: drift run -> retrain run -> training run -> version 2.
     import mlflow

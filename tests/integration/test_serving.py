@@ -27,7 +27,12 @@ def served(ray_session, digits_project, tmp_path_factory):
     from training.train import train
 
     root = project_copy(digits_project, tmp_path_factory.mktemp("serving") / "project")
-    overrides = [*TINY_TRAINING_FAST_INPUT, "serve.alias_poll_seconds=0.5", "monitoring.flush_seconds=0.2"]
+    overrides = [
+        *TINY_TRAINING_FAST_INPUT,
+        "serve.alias_poll_seconds=0.5",
+        "monitoring.flush_seconds=0.2",
+        "monitoring.capture.sample_rate=1.0",  # every answer captured: the capture test can name each file
+    ]
     settings = load_settings(root / "params.yaml", overrides)
     train(settings, progress=False)
     promote(settings, reason="serving tests", force=True)
@@ -159,6 +164,37 @@ def test_production_log_has_one_record_per_successful_answer(served):
     last = frame.tail(ok)
     assert set(last.model_version) == {"1"} and len(last.embedding.iloc[0]) == 128
     assert (last.width == 16).all() and last.brightness.between(0, 255).all()
+
+
+def test_captured_images_are_the_bytes_received_and_their_records_point_at_them(served):
+    import hashlib
+
+    from lensops.core.production_log import read_log
+
+    settings, url = served
+    folder, store = settings.path(settings.monitoring.log_dir), settings.path(settings.monitoring.capture.dir)
+    test, raw = _test_images(settings, 4)
+    sent = {}
+    for p in test.path:
+        body = (raw / p).read_bytes()
+        answer = requests.post(f"{url}/predict", data=body, timeout=30).json()
+        assert answer["sha256"] == hashlib.sha256(body).hexdigest()
+        sent[answer["sha256"]] = (answer["request_id"], body)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        frame = read_log(folder)
+        if {request_id for request_id, _ in sent.values()} <= set(frame.request_id):
+            break
+        time.sleep(0.3)
+    records = frame.set_index("request_id")
+    for sha256, (request_id, body) in sent.items():
+        assert records.loc[request_id, "sha256"] == sha256 and bool(records.loc[request_id, "captured"])
+        assert (store / sha256[:2] / sha256).read_bytes() == body
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    captured = next(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("lensops_captured_total")
+    )
+    assert captured >= len(sent) and "lensops_log_failures_total 0.0" in metrics
 
 
 def test_following_the_champion_alias_switches_versions_without_failed_requests(served):
