@@ -1,6 +1,6 @@
 """Does drift settle once the model has learnt the shift, and still alarm on a shift it has not?
 
-    .venv/bin/python benchmarks/drift_settles.py [--seeds 0 1 2] [--labels 300] [--epochs 15]
+    .venv/bin/python benchmarks/drift_settles.py [--seeds 0 1 2] [--labels 600] [--epochs 15]
 
 For each seed, the production data loop of `make demo`, in process, on the full digits (32 px):
 
@@ -122,7 +122,7 @@ def one_seed(seed: int, args, root: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--labels", type=int, default=300, help="images labelled from production")
+    parser.add_argument("--labels", type=int, default=600, help="images labelled from production")
     parser.add_argument("--strategy", default="balanced")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("-S", "--set", action="append", default=[], help="params override")

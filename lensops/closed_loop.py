@@ -37,7 +37,7 @@ from .client import SHIFTED_PREFIX, Server, one_per_class, tool
 console = Console()
 DVC_REMOTE = ".dvc-storage"  # the demo's local DVC remote; git-ignored
 TRAFFIC = Path("reports/demo")  # the demo's traffic folders
-LABELS = 300  # images the scripted labeller labels
+LABELS = 600  # images the scripted labeller labels (of about 1,500 shifted images sent, most captured)
 STATE = ("reports/production_log", "reports/capture", "reports/labelling", "reports/drift", "reports/retrain")
 
 

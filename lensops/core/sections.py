@@ -205,6 +205,9 @@ class ReviewSettings(Section):
         default_factory=lambda: ["source"], description="manifest or provenance columns whose values become slices"
     )
     slice_min_images: int = Field(10, ge=1, description="smaller slices are reported, never gated")
+    gate_min_images: int = Field(
+        3, ge=1, description="a class or slice drop that loses fewer images than this is noise, never a hold"
+    )
     slice_good_accuracy: float = Field(0.8, ge=0, le=1, description="a slice the champion is good at: at least this")
     gates: GateSettings = Field(default_factory=GateSettings)
 

@@ -62,11 +62,16 @@ def label_csv(labels: Path, answers: dict[str, str], override: dict[int, str] | 
 
 
 def test_every_answer_is_logged_with_its_sha256_and_captured_images_are_on_disk(served):
+    import pandas as pd
+
     from lensops.core.production_log import read_log
 
     settings, answers = served
     log = read_log(settings.path(settings.monitoring.log_dir))
     assert len(log) == len(answers) and set(log.sha256) == set(answers.sha256)
+    # Replayed records are dated now, in the log's unit (they were once dated 1970).
+    age = pd.Timestamp.now(tz="UTC") - pd.to_datetime(log.time, utc=True)
+    assert (age > pd.Timedelta(0)).all() and (age < pd.Timedelta(hours=1)).all()
     assert log.captured.all()  # sample_rate 1.0: every image kept
     capture = settings.path(settings.monitoring.capture.dir)
     for row in answers.head(20).itertuples():

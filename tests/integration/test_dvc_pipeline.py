@@ -102,6 +102,7 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
         "max_accuracy_drop: 0.01",
         "max_class_recall_drop: 0.05",
         "max_latency_ratio: 1.5",
+        "max_slice_drop: 0.05",
     ):
         params = params.replace(gate, gate.split(":")[0] + ": null")  # two epochs are not meant to be good
     (root / "params.yaml").write_text(params)

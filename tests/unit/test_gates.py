@@ -19,7 +19,7 @@ class Model:
     latency: dict = field(init=False)
 
     def __post_init__(self):
-        per_class = {k: {"recall": r, "support": 10} for k, r in self.recalls.items()}
+        per_class = {k: {"recall": r, "support": 40} for k, r in self.recalls.items()}
         self.metrics = {"accuracy": self.accuracy, "ece": self.ece, "per_class": per_class}
         self.latency = {"batch64_ms_per_image": self.batched_ms}
 
@@ -83,3 +83,16 @@ def test_the_slice_gate_holds_a_challenger_that_regresses_on_a_slice_the_champio
     assert not gate.passed and gate.detail == "slice source=original" and round(gate.value, 2) == 0.08
     better = Model(0.97, {"a": 1.0}, slices={**new_slices, "source=original": {"n": 200, "accuracy": 0.97}})
     assert {g.name: g for g in apply_gates(cfg, better, champion)}["max_slice_drop"].passed
+
+
+def test_a_drop_of_fewer_images_than_gate_min_images_is_noise_not_a_hold():
+    """Class 3 of a 34-image class loses 2 images (5.9 points): noise at gate_min_images=3, a hold at 2."""
+    champion = Model(0.9, {"3": 1.0, "5": 0.9})
+    challenger = Model(0.97, {"3": 32 / 34, "5": 0.9})
+    for m in (champion, challenger):
+        m.metrics["per_class"]["3"]["support"] = 34
+    noisy = {g.name: g for g in apply_gates(ReviewSettings(), challenger, champion)}["max_class_recall_drop"]
+    assert noisy.passed and "noise" in noisy.detail and round(noisy.value, 3) == 0.059
+    strict = ReviewSettings(gate_min_images=2)
+    held = {g.name: g for g in apply_gates(strict, challenger, champion)}["max_class_recall_drop"]
+    assert not held.passed and held.detail == "class 3"
