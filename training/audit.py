@@ -26,7 +26,7 @@ from torch import nn
 
 from data.prepare import load_prepared
 from lensops.core.compute import cluster_cpus, ensure_ray
-from lensops.core.errors import NotFound, UsageError
+from lensops.core.errors import CheckFailed, NotFound, UsageError
 from lensops.core.settings import Settings, TrainSettings
 
 from .audit_issues import find_issues, rank_suspects
@@ -36,7 +36,11 @@ from .evaluate import predict
 from .loop import make_optimizer, make_schedule, run_epoch, seed_everything
 from .models import create_model
 
-__all__ = ["AuditReport", "assign_folds", "audit"]
+__all__ = ["AuditError", "AuditReport", "assign_folds", "audit"]
+
+
+class AuditError(CheckFailed):
+    """A fold's training failed; the message names the fold and the error."""
 
 
 @dataclass
@@ -135,15 +139,20 @@ def run_folds(
     results: dict[int, FoldOutput] = {}
     with _progress(progress) as bar:
         handle = bar.add_task("audit", total=k * settings.audit.epochs, status=f"{k} folds starting…")
-        while pending:
-            done, _ = ray.wait(list(pending), timeout=0.5)
+        while pending or not queue.empty():
+            done, _ = ray.wait(list(pending), timeout=0.5) if pending else ([], [])
             for ref in done:
-                output = ray.get(ref)
-                results[pending.pop(ref)] = output
+                fold = pending.pop(ref)
+                try:
+                    results[fold] = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    queue.shutdown()
+                    raise AuditError(f"training fold {fold} failed: {e}") from e
             while not queue.empty():
                 item = queue.get()
                 bar.advance(handle)
                 bar.update(handle, status=f"fold {item['fold']} epoch {item['epoch'] + 1}: acc {item['accuracy']:.3f}")
+    queue.shutdown()
     return [results[f] for f in range(k)]
 
 
