@@ -36,6 +36,38 @@ def write_digits(out: Path, *, size: int = 32) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def flip_labels(raw: Path, n: int, *, seed: int = 0, max_distance: int = 4) -> dict[str, tuple[str, str]]:
+    """Mislabel `n` random images on purpose: each moves to another, random class folder.
+
+    For measuring an audit: returns new path -> (true label, given label). Images with a near
+    copy (pHash within `max_distance`, validation's rule) are never picked: validation would
+    already refuse that flip, as the same picture under two labels.
+    """
+    from .near_duplicates import near_groups
+    from .quality import grey_image, perceptual_hash
+
+    paths = sorted(p for p in Path(raw).glob("*/*") if p.is_file() and not p.name.startswith("."))
+    labels = sorted({p.parent.name for p in paths})
+    hashes = []
+    for path in paths:
+        with Image.open(path) as image:
+            hashes.append(perceptual_hash(grey_image(image)))
+    groups = near_groups(hashes, max_distance)
+    sizes = np.bincount(groups)
+    alone = [p for p, g in zip(paths, groups, strict=True) if sizes[g] == 1]
+    if len(alone) < n:
+        raise UsageError(f"only {len(alone)} images of {raw} have no near copy; cannot flip {n}")
+    rng = np.random.default_rng(seed)
+    flipped = {}
+    for i in sorted(rng.choice(len(alone), size=n, replace=False)):
+        path = alone[i]
+        given = str(rng.choice([c for c in labels if c != path.parent.name]))
+        target = Path(raw) / given / path.name
+        path.rename(target)
+        flipped[f"{given}/{path.name}"] = (path.parent.name, given)
+    return flipped
+
+
 # --- demo traffic: the held-out images as production would send them, optionally shifted -------
 
 SHIFTED_PREFIX = "shifted_"

@@ -19,7 +19,9 @@ from lensops.core.settings import Settings
 from .labels import LabelRow, read_csv
 
 BATCH_FILE = "batch.json"
-META_COLUMNS = ("first_seen", "requests", "request_ids", "model_version", "predicted", "score", "capture_reason")
+META_COLUMNS = (
+    "first_seen", "requests", "request_ids", "model_version", "predicted", "score", "capture_reason", "given_label",
+)  # fmt: skip
 
 
 def _batch_meta(folder: Path) -> dict[str, Any]:

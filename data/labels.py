@@ -15,6 +15,13 @@ asked for). One problem refuses the whole batch, with a table of every problem; 
 provenance file is written first, then each image is moved into `data/raw/<label>/` under a
 content-addressed name by an atomic rename, so a second import of the same batch completes an
 interrupted one and changes nothing else.
+
+A relabel: an image already in `data/raw` under another label is refused, unless its row names
+the label it replaces in a `given_label` column (as `lensops data audit` writes its batch) and that
+is still the image's label in `data/raw`. Then every copy of the image is moved (an atomic rename)
+from `data/raw/<given_label>/` to `data/raw/<label>/`, keeping its file name, and its provenance
+record says `relabelled_from` and `previous_path` (the `source` it had is kept). A batch exported
+before someone else relabelled the image is refused rather than silently overriding them.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ class ImportResult:
     skipped_unlabelled: int
     provenance_file: Path | None
     source_kind: str
+    relabelled: list[dict[str, Any]] = field(default_factory=list)  # provenance records of the images moved
 
 
 def read_rows(source: Path, settings: Settings) -> tuple[str, list[LabelRow], dict[str, Any]]:
@@ -93,14 +101,19 @@ def class_list(settings: Settings) -> list[str]:
     return sorted(p.name for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")) if raw.is_dir() else []
 
 
-def existing_labels(raw: Path) -> dict[str, tuple[str, str]]:
-    """sha256 -> (label, path) of every regular file already under a class folder of data/raw."""
-    known: dict[str, tuple[str, str]] = {}
+def existing_copies(raw: Path) -> dict[str, list[tuple[str, str]]]:
+    """sha256 -> every (label, path) of a regular file with that content under a class folder of data/raw."""
+    copies: dict[str, list[tuple[str, str]]] = {}
     for entry in list_entries(raw) if raw.is_dir() else []:
         parts = entry.rel.split("/")
         if entry.problem is None and entry.target and len(parts) > 1:
-            known.setdefault(sha256_of(Path(entry.target).read_bytes()), (parts[0], entry.rel))
-    return known
+            copies.setdefault(sha256_of(Path(entry.target).read_bytes()), []).append((parts[0], entry.rel))
+    return copies
+
+
+def existing_labels(raw: Path) -> dict[str, tuple[str, str]]:
+    """sha256 -> (label, path) of every regular file already under a class folder of data/raw."""
+    return {sha: found[0] for sha, found in existing_copies(raw).items()}
 
 
 def check_rows(rows: list[LabelRow], classes: list[str], known: dict, *, skip_unlabelled: bool) -> list[dict]:
@@ -133,7 +146,11 @@ def check_rows(rows: list[LabelRow], classes: list[str], known: dict, *, skip_un
             )
         if row.sha256 in known and known[row.sha256][0] != row.label:
             label, path = known[row.sha256]
-            problems.append({"row": row.where, "problem": f"already in data/raw as {label!r} ({path})"})
+            given = row.meta.get("given_label")
+            if given == label:
+                continue  # a relabel, asked for against the label the image still has
+            why = f"it was {given!r} when the batch was made" if given else "to relabel, name that label in given_label"
+            problems.append({"row": row.where, "problem": f"already in data/raw as {label!r} ({path}); {why}"})
     return problems
 
 
@@ -145,7 +162,8 @@ def import_labels(
 
     kind, rows, batch_meta = read_rows(source, settings)
     raw = settings.path(settings.data.raw)
-    known = existing_labels(raw)
+    copies = existing_copies(raw)
+    known = {sha: found[0] for sha, found in copies.items()}
     problems = check_rows(rows, class_list(settings), known, skip_unlabelled=skip_unlabelled)
     if problems:
         raise LabelImportRefused(f"{len(problems)} problems in {source}; nothing was imported", problems)
@@ -153,12 +171,49 @@ def import_labels(
     batch = str(batch_meta.get("batch") or f"import-{now().replace(':', '').replace('-', '')}")
     unique = {r.sha256: r for r in labelled}
     new = [r for sha, r in unique.items() if sha not in known]
+    relabels = [r for sha, r in unique.items() if sha in known and known[sha][0] != r.label]
     stamp, actor = now(), labelled_by or batch_meta.get("labelled_by") or who()
     records = [_record(r, batch, stamp, actor, kind) for r in new]
-    written = provenance.write_batch(raw, batch, records, settings.label.provenance_dir) if records else None
+    moves = relabel_moves(raw, relabels, copies)
+    sources = provenance.read(raw, settings.label.provenance_dir).set_index("path")["source"].to_dict()
+    moved = [
+        {**_record(r, batch, stamp, actor, kind), "path": target, "relabelled_from": label, "previous_path": path,
+         "source": sources.get(path, provenance.ORIGINAL)}
+        for r in relabels
+        for label, path, target in moves[r.sha256]
+    ]  # fmt: skip
+    everything = [*records, *moved]
+    written = provenance.write_batch(raw, batch, everything, settings.label.provenance_dir) if everything else None
     for row, record in zip(new, records, strict=True):
         _place(row.image, raw / record["path"])
-    return ImportResult(batch, records, len(unique) - len(new), len(rows) - len(labelled), written, kind)
+    for record in moved:
+        _move(raw / record["previous_path"], raw / record["path"])
+    present = len(unique) - len(new) - len(relabels)
+    return ImportResult(batch, records, present, len(rows) - len(labelled), written, kind, moved)
+
+
+def relabel_moves(raw: Path, rows: list[LabelRow], copies: dict) -> dict[str, list[tuple[str, str, str]]]:
+    """sha256 -> (old label, old path, new path) of every copy a relabel moves; the file name is kept
+    unless another file of that name is in the new class folder."""
+    moves = {}
+    for row in rows:
+        moves[row.sha256] = []
+        for label, path in copies[row.sha256]:
+            if label == row.label:
+                continue  # a copy that already has the new label stays where it is
+            target = f"{row.label}/{Path(path).name}"
+            if (raw / target).exists():
+                target = f"{row.label}/{row.sha256[:20]}{Path(path).suffix.lower()}"
+            moves[row.sha256].append((label, path, target))
+    return moves
+
+
+def _move(source: Path, target: Path) -> None:
+    """A relabel: the file moves to its new class folder by one rename (whole or not at all)."""
+    if not source.is_file():
+        return  # moved by an earlier, interrupted import of this batch
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
 
 
 def _record(row: LabelRow, batch: str, stamp: str, actor: str, kind: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ One record per imported image:
 | `labelled_by`, `imported_at` | who labelled it, when it was imported |
 | `first_seen`, `requests`, `request_ids` | when production first sent it, how often, and some of the requests |
 | `model_version`, `predicted`, `score` | what the served version answered |
+| `relabelled_from`, `previous_path` | a relabel (an image moved to another class folder): its label and path before |
 
 Images without a record are `original`. `prepare` copies `source` and `batch` into the prepared
 manifest, so a review can judge a challenger per slice.

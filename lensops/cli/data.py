@@ -1,4 +1,4 @@
-"""`lensops data ...`: the demo digits, demo traffic, validation and splits."""
+"""`lensops data ...`: the demo digits, demo traffic, validation, splits, diffs and the label audit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .common import LensopsGroup, Overrides, fail, out, settings_for
 
-app = typer.Typer(no_args_is_help=True, cls=LensopsGroup, help="Datasets: the demo digits, validation, splits.")
+app = typer.Typer(no_args_is_help=True, cls=LensopsGroup, help="Datasets: the demo digits, validation, splits, audit.")
 
 
 @app.command("demo")
@@ -175,3 +175,38 @@ def _print_diff(result) -> None:
         named = sum(1 for a in result.added if "provenance" in a)
         out.print(f"provenance: {len(result.provenance)} records in {', '.join(sources)}; "
                   f"{named} of {len(result.added)} added images named there", soft_wrap=True)  # fmt: skip
+
+
+@app.command("audit")
+def data_audit(
+    ctx: typer.Context,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder (default audit.report_dir).")] = None,
+    folds: Annotated[int | None, typer.Option(help="k of the k-fold (default audit.folds).")] = None,
+    top: Annotated[int | None, typer.Option(help="Suspects shown, for labels.csv (default audit.top).")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Find likely mislabelled, outlying and near-duplicate images (k-fold out-of-sample predictions, cleanlab)."""
+    from training.audit import audit
+
+    extra = [f"audit.{k}={v}" for k, v in (("folds", folds), ("top", top)) if v is not None]
+    settings = settings_for(ctx, [*(overrides or []), *extra])
+    report = audit(settings, out=out_dir)
+    _print_audit(report)
+
+
+def _print_audit(report) -> None:
+    s = report.summary
+    table = Table(title=f"top {s['top']} suspects of {s['n_images']} images", title_justify="left")
+    for column in ("rank", "image", "given", "predicted", "label score", "issue"):
+        table.add_column(column, justify="right" if column in ("rank", "label score") else "left", overflow="fold")
+    for r in report.top.itertuples(index=False):
+        table.add_row(str(r.rank), escape(r.path), escape(r.given_label), escape(r.predicted_label),
+                      f"{r.label_score:.3f}", r.issue or "-")  # fmt: skip
+    out.print(table)
+    counts = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in s["issues"].items())
+    accuracy = s["out_of_sample_accuracy"]
+    out.print(f"flagged {s['flagged']} of {s['n_images']} images ({counts}); {s['folds']} folds, "
+              f"out-of-sample accuracy {accuracy:.3f}, {s['seconds']:.0f} s", soft_wrap=True)  # fmt: skip
+    folder = report.folder
+    out.print(f"wrote {folder}/audit.csv, suspects.png, audit.json and labels.csv: fix the `label` column where it "
+              f"is wrong, then `lensops label import {folder / 'labels.csv'}`", soft_wrap=True)  # fmt: skip

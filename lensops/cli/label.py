@@ -75,10 +75,13 @@ def label_import(
         out.print(table)
         raise
     out.print(
-        f"imported {len(result.imported)} images of batch {result.batch} into {settings.data.raw} "
+        f"imported {len(result.imported)} images of batch {result.batch} into {settings.data.raw}, "
+        f"relabelled {len(result.relabelled)} "
         f"({result.already_present} already there, {result.skipped_unlabelled} unlabelled rows left out)"
     )
-    if version and result.imported:
+    for record in result.relabelled[:20]:
+        out.print(escape(f"relabelled {record['previous_path']} -> {record['path']}"), highlight=False, soft_wrap=True)
+    if version and (result.imported or result.relabelled):
         outcome = version_data(settings)
         out.print(outcome.message, soft_wrap=True)
         if not outcome.ok:

@@ -163,6 +163,23 @@ class TrainSettings(Section):
     )
 
 
+class AuditSettings(Section):
+    """`lensops data audit`: out-of-sample predictions by k-fold training, then cleanlab's checks.
+
+    Each fold trains train's model, optimiser, augmentation and preprocessing for `epochs` epochs
+    on the other folds' images and predicts only its own.
+    """
+
+    report_dir: Path = Path("reports/audit")
+    folds: int = Field(
+        5, ge=2, le=20, description="k of the k-fold: each image is predicted by the one fold model that never saw it"
+    )
+    epochs: int = Field(6, ge=1, description="epochs per fold model (the rest of the recipe is train's)")
+    top: int = Field(40, ge=1, description="suspects printed, drawn and written to labels.csv for review")
+    neighbours: int = Field(10, ge=1, description="k of cleanlab's kNN outlier score on the embeddings")
+    seed: int = 0
+
+
 class RegistrySettings(Section):
     model_name: str = Field("digits", min_length=1)
     experiment: str = Field("digits", min_length=1)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from .errors import UsageError
 from .sections import (
     KNOWN_FORMATS,
+    AuditSettings,
     CaptureSettings,
     DataSettings,
     DemoSettings,
@@ -44,6 +45,7 @@ from .sections import (
 
 __all__ = [
     "KNOWN_FORMATS",
+    "AuditSettings",
     "CaptureSettings",
     "DataSettings",
     "DemoSettings",
@@ -89,6 +91,7 @@ class Settings(Section):
     label: LabelSettings = Field(default_factory=LabelSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
