@@ -96,7 +96,8 @@ def test_export_picks_novel_spread_images_never_in_data_raw(served, tmp_path):
     assert len(tasks) == 30 and tasks[0]["predictions"][0]["result"][0]["value"]["choices"][0] in {"0", "1", "7"}
     assert tasks[0]["data"]["image"].startswith(settings.label.image_url_prefix + "images/")
     assert '<Choice value="7"/>' in (batch.folder / "label_config.xml").read_text()
-    assert batch.picked.novelty.median() > answers.novelty.median()  # it favours what drives the drift
+    # It favours what drives the drift: the picked images are never less often novel than what was captured.
+    assert (batch.picked.novelty > 1).mean() >= (answers.novelty > 1).mean()
     assert {truth(settings)[s] for s in batch.picked.sha256} == {"0", "1", "7"}  # spread: every true class is there
     from monitoring.labelling import select
 
@@ -109,6 +110,7 @@ def test_export_picks_novel_spread_images_never_in_data_raw(served, tmp_path):
 
     _, pool, _ = candidates(settings, model=None, since=None, last=None)
     assert spread(select(pool, 30, "balanced")) > spread(select(pool, 30, "novel"))
+    assert select(pool, 30, "novel").novelty.min() >= pool.novelty.median()  # `novel` takes the most novel
     again = export_batch(settings, n=30, out=tmp_path / "batches")  # an earlier batch's images are not exported again
     assert not set(again.picked.sha256) & set(batch.picked.sha256)
 
