@@ -86,6 +86,7 @@ def test_review_promote_rollback(registry_project):
         "max_accuracy_drop",
         "max_class_recall_drop",
         "max_latency_ratio",
+        "max_slice_drop",
     }
     assert all({"value", "threshold", "passed"} <= set(g) for g in report["gates"])
     assert report["champion"]["version"] == "1"
