@@ -53,7 +53,10 @@ def test_training_registers_a_challenger_with_its_files(trained):
         assert files.spec == settings.train.preprocessing
         assert files.metrics["test"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
         baseline = files.baseline()
-    assert len(baseline) == int((pd.read_parquet(settings.path("data/prepared/manifest.parquet")).split == "val").sum())
+    # The baseline: every validation image, and training images up to train.reference_max (novelty's reference).
+    manifest = pd.read_parquet(settings.path("data/prepared/manifest.parquet"))
+    assert (baseline.split == "val").sum() == (manifest.split == "val").sum()
+    assert 0 < (baseline.split == "train").sum() <= min((manifest.split == "train").sum(), settings.train.reference_max)
     assert {"path", "label", "predicted", "embedding"} <= set(baseline.columns)
     assert len(baseline.embedding.iloc[0]) == 128
 
