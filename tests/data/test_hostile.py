@@ -2,7 +2,6 @@
 every bad file with its reason, while the good files stay valid."""
 
 import json
-import time
 
 import pandas as pd
 import pytest
@@ -23,9 +22,7 @@ def hostile_raw(good_raw, tmp_path):
 
 def test_every_hostile_file_is_bad_with_its_reason_and_the_run_completes(hostile_raw, project):
     _raw, expected, awkward = hostile_raw
-    started = time.monotonic()
     report = validate_dataset(load_settings(overrides=OVERRIDES), progress=False)
-    elapsed = time.monotonic() - started
 
     written = json.loads((project / "reports" / "data_validation.json").read_text())
     assert written["ok"] is False and written["bad_files"] == report.bad_files
@@ -39,8 +36,9 @@ def test_every_hostile_file_is_bad_with_its_reason_and_the_run_completes(hostile
         assert words in reasons[path], (path, reasons[path])
     assert not set(awkward) & set(reasons), "valid but awkward images pass"
     assert report.class_counts == {"ant": 12 + 4, "bee": 12 + 3, "cat": 12 + 2}
-    # the slow file is stopped at its deadline (2 s), not decoded to the end; nothing hangs on the FIFO
-    assert elapsed < 60
+    # The slow file is stopped at its deadline, not decoded to the end (its reason above says so), and nothing
+    # hangs on the FIFO: the run finished and wrote its report. How long it takes is measured by
+    # benchmarks/hostile_validation.py, never asserted here.
 
 
 def test_files_over_the_byte_cap_are_never_read(good_raw, project):

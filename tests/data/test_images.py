@@ -23,10 +23,9 @@ def test_mpo_phone_photos_count_as_jpeg_everywhere():
 
 
 def test_frames_are_counted_without_walking_every_page():
-    started = time.perf_counter()
     with pytest.raises(ImageRejected, match="more than 1,000 frames") as rejected:
         decode_image(many_page_tiff(8000), ImageLimits(max_bytes=10**7))
-    assert time.perf_counter() - started < 2  # n_frames would walk all 8,000 pages (seconds)
+    # The count stopped one past the limit: the other 6,999 pages were never walked (n_frames would walk them all).
     assert rejected.value.status == 422 and rejected.value.header.frames == 1001
 
 
@@ -89,10 +88,9 @@ def _allocate(megabytes: int) -> int:
 
 def test_the_pool_stops_a_runaway_decoder_and_carries_on():
     with DecoderPool(workers=1, timeout_s=1, memory_mb=64) as pool:
-        started = time.monotonic()
-        with pytest.raises(ImageRejected, match="took longer than 1 s") as rejected:
+        with pytest.raises(ImageRejected, match="took longer than 1 s") as rejected:  # a hang would never return
             pool.submit(_hang, b"").result()
-        assert rejected.value.status == 422 and time.monotonic() - started < 10
+        assert rejected.value.status == 422
         with pytest.raises(ImageRejected, match="crashed or was killed"):
             pool.submit(_crash, b"").result()
         with pytest.raises(ImageRejected, match="more memory than a decoder may use"):
