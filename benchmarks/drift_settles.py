@@ -22,7 +22,6 @@ alarm rate on covered traffic and the detection rate on uncovered traffic over a
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 import tempfile
@@ -40,18 +39,6 @@ def images(folder: Path) -> list[Path]:
     return sorted(folder.glob("*/*.png"))
 
 
-def label_batch(labels: Path, truth: dict[str, str]) -> None:
-    """The scripted labeller: it fills `label` from the true labels, standing in for a person."""
-    with open(labels, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        row["label"] = truth[row["sha256"]]
-    with open(labels, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def drift_share(settings, log: Path, method: str) -> float:
     from monitoring.drift import run_drift
 
@@ -63,6 +50,7 @@ def one_seed(seed: int, args, root: Path) -> dict[str, float]:
     from data.digits import write_digits, write_traffic
     from data.labels import import_labels
     from data.prepare import prepare_dataset
+    from lensops.client import fill_labels
     from lensops.core.capture import sha256_of
     from lensops.core.settings import load_settings
     from monitoring.labelling import export_batch
@@ -101,7 +89,7 @@ def one_seed(seed: int, args, root: Path) -> dict[str, float]:
 
     labelled = settings.updated({"monitoring.log_dir": str(logs / "shifted")})
     batch = export_batch(labelled, n=args.labels, strategy=args.strategy, since=since)
-    label_batch(batch.folder / "labels.csv", truth)
+    fill_labels(batch.folder / "labels.csv", truth)
     out["imported"] = len(import_labels(settings, batch.folder / "labels.csv").imported)
     prepare_dataset(settings, progress=False)
     train(settings, progress=False)

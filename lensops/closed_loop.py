@@ -19,7 +19,6 @@ no version trained on in any form.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -128,20 +127,13 @@ class ClosedLoop:
 
     def label_like_a_person(self) -> int:
         """The scripted labeller fills `label` from the true labels (the traffic folders), standing in for a person."""
-        from .client import sha256_of_file
+        from .client import fill_labels, sha256_of_file
 
         truth = {sha256_of_file(p): p.parent.name for p in (self.root / TRAFFIC).glob("*/*/*.png")}
         labels = Path(self.results["batch"])
-        with open(labels, newline="") as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
-            row["label"] = truth[row["sha256"]]
-        with open(labels, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        console.print(f"[bold]a scripted labeller stands in for a person[/]: {len(rows)} labels filled in {labels}")
-        self.results["exported"] = len(rows)
+        filled = fill_labels(labels, truth)
+        console.print(f"[bold]a scripted labeller stands in for a person[/]: {filled} labels filled in {labels}")
+        self.results["exported"] = filled
         return 0
 
     def import_labels(self) -> int:
