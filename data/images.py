@@ -17,6 +17,10 @@ The rules, in the order they are applied:
 - Frames are counted before any is decoded: from the header where the format stores the count
   (APNG, animated WebP, MPO), otherwise by seeking one frame at a time up to
   `limits.max_frames` + 1 (`n_frames` would walk all 8,000 pages of a hostile TIFF).
+- A JPEG may hold at most `limits.max_scans` scans (SOS markers, counted in the bytes before
+  decoding; an embedded thumbnail's count too). Each scan of a progressive JPEG is a pass over
+  every block, so a small file of thousands of scans keeps a decoder busy for seconds: the
+  count is a decision no machine's speed changes, where the deadline is only the last guard.
 - Width x height, summed over the frames, is checked against `limits.max_pixels` from the
   headers alone, so a decompression bomb is rejected without a byte being inflated; Pillow's
   own `DecompressionBombWarning` is an error too.
@@ -61,6 +65,9 @@ DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 DEFAULT_MAX_BYTES = 10 * 2**20
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_FRAMES = 1000
+# A progressive JPEG from a camera or an encoder has about ten scans (mozjpeg's scripts: up to
+# twenty; an MPO with its second image: twice that); a hundred leaves room for any of them.
+DEFAULT_MAX_SCANS = 100
 
 # Pillow's names for variants of an allowed format.
 FORMAT_ALIASES = {"MPO": "JPEG"}
@@ -90,6 +97,7 @@ class ImageLimits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_frames: int = DEFAULT_MAX_FRAMES
+    max_scans: int = DEFAULT_MAX_SCANS
 
     @classmethod
     def of(
@@ -99,8 +107,10 @@ class ImageLimits:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_frames: int = DEFAULT_MAX_FRAMES,
+        max_scans: int = DEFAULT_MAX_SCANS,
     ) -> ImageLimits:
-        return cls(tuple(f.upper() for f in formats), int(max_bytes), int(max_pixels), int(max_frames))
+        formats = tuple(f.upper() for f in formats)
+        return cls(formats, int(max_bytes), int(max_pixels), int(max_frames), int(max_scans))
 
     @property
     def allowed(self) -> str:
@@ -195,6 +205,20 @@ def read_header(image: Image.Image, limits: ImageLimits) -> Header:
     return header
 
 
+def check_scans(data: bytes, header: Header, limits: ImageLimits) -> None:
+    """Reject a JPEG with more scans than `limits.max_scans`. Inside entropy-coded data a 0xFF
+    byte is always followed by 0x00 or a restart marker, so every FF DA pair outside metadata
+    is a scan header; pairs inside metadata can only raise the count, never hide a scan."""
+    if header.format != "JPEG":
+        return
+    scans = data.count(b"\xff\xda")
+    if scans > limits.max_scans:
+        raise _undecodable(
+            f"{scans:,} JPEG scans (progressive passes, each a full decode); the limit is {limits.max_scans:,}",
+            header,
+        )
+
+
 def _load(image: Image.Image, header: Header, all_frames: bool, target_size: tuple[int, int] | None) -> None:
     if target_size and header.format == "JPEG" and not all_frames:
         # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: a 40 MP photo wanted at
@@ -233,6 +257,7 @@ def decode_image(
         try:
             image = _open(data, limits)
             header = read_header(image, limits)
+            check_scans(data, header, limits)
             _load(image, header, all_frames, target_size)
         except ImageRejected:
             raise

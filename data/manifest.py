@@ -40,7 +40,9 @@ _ROWS_VERSION = 2
 
 
 def limits_of(cfg: ValidateSettings) -> ImageLimits:
-    return ImageLimits.of(cfg.formats, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, max_frames=cfg.max_frames)
+    return ImageLimits.of(
+        cfg.formats, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, max_frames=cfg.max_frames, max_scans=cfg.max_scans
+    )
 
 
 def _progress(total: int, enabled: bool) -> Progress:
@@ -167,7 +169,7 @@ def ext_format(extension: str) -> str:
 
 
 def _key(cfg: ValidateSettings) -> str:
-    fields = ("formats", "max_bytes", "max_pixels", "max_frames", "decode_timeout_s", "worker_memory_mb")
+    fields = ("formats", "max_bytes", "max_pixels", "max_frames", "max_scans", "decode_timeout_s", "worker_memory_mb")
     return json.dumps({"rows": _ROWS_VERSION, **{f: getattr(cfg, f) for f in fields}}, sort_keys=True)
 
 

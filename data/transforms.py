@@ -111,7 +111,7 @@ def image_stats(rgb: Image.Image) -> dict[str, float]:
 
 
 # Files that validation accepted: any format lensops knows, no size limits (they were applied then).
-_TRUSTED = ImageLimits.of(KNOWN_FORMATS, max_bytes=2**62, max_pixels=2**62, max_frames=2**31)
+_TRUSTED = ImageLimits.of(KNOWN_FORMATS, max_bytes=2**62, max_pixels=2**62, max_frames=2**31, max_scans=2**31)
 
 
 def decode(data: bytes) -> Image.Image:

@@ -133,7 +133,7 @@ def plant_hostile(raw: Path, outside: Path) -> dict[str, str]:
         "bee/text.jpg": (b"just some text, not a picture\n" * 20, "not an image in a known format"),
         "bee/bomb.png": (png_bomb(), "exceeds the 200.0 MP limit"),
         "bee/pages.tif": (many_page_tiff(), "more than 1,000 frames"),
-        "bee/scans.jpg": (many_scan_jpeg(), "took longer than 2 s"),
+        "bee/scans.jpg": (many_scan_jpeg(), "10,010 JPEG scans"),
         "bee/hog.png": (flat_png(10_000, 10_000), "more memory than a decoder may use"),
         "bee/huge.bmp": (b"BM" + b"\x00" * 1_200_000, "over the 1,000,000-byte limit"),
         "cat/picture.ppm": (encode(noise_image(9005), "PPM"), "format PPM is not allowed"),

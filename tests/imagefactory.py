@@ -18,9 +18,9 @@ def noise_image(seed: int, size: tuple[int, int] = (32, 32), mode: str = "RGB") 
     return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode=mode)
 
 
-def encode(image: Image.Image, fmt: str) -> bytes:
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format=fmt)
+    image.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 

@@ -71,6 +71,7 @@ class ValidateSettings(Section):
     max_pixels: int = Field(40_000_000, gt=0)
     max_bytes: int = Field(50 * 2**20, gt=0, description="a larger file is bad without being read")
     max_frames: int = Field(1000, ge=1, description="frames counted (never walked) past this are bad")
+    max_scans: int = Field(100, ge=1, description="a JPEG with more scans (progressive passes) is bad")
     min_width: int = Field(8, ge=1)
     min_height: int = Field(8, ge=1)
     min_images_per_class: int = Field(10, ge=1)

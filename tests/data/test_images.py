@@ -13,7 +13,7 @@ from PIL import Image
 
 from data.decoder_pool import DecoderPool
 from data.images import ImageLimits, ImageRejected, decode_image, name_format, to_rgb, upright
-from tests.hostile import garbage_exif_jpeg, many_page_tiff, mpo
+from tests.hostile import garbage_exif_jpeg, many_page_tiff, many_scan_jpeg, mpo
 from tests.imagefactory import encode, noise_image, png_bomb
 
 
@@ -27,6 +27,17 @@ def test_frames_are_counted_without_walking_every_page():
         decode_image(many_page_tiff(8000), ImageLimits(max_bytes=10**7))
     # The count stopped one past the limit: the other 6,999 pages were never walked (n_frames would walk them all).
     assert rejected.value.status == 422 and rejected.value.header.frames == 1001
+
+
+def test_jpeg_scans_are_counted_before_decoding_and_ordinary_progressive_photos_pass():
+    photo = encode(noise_image(3, (256, 192)), "JPEG", progressive=True)
+    assert decode_image(photo).format == "JPEG"
+    assert decode_image(mpo(2)).format == "JPEG"  # two images, each with its scans
+    hostile = many_scan_jpeg(size=64, copies=200)
+    with pytest.raises(ImageRejected, match=r"JPEG scans .* the limit is 100") as rejected:
+        decode_image(hostile)
+    assert rejected.value.status == 422 and rejected.value.header.format == "JPEG"
+    assert decode_image(hostile, ImageLimits.of(max_scans=1000)).width == 64  # the limit is the only reason
 
 
 def test_pixels_are_judged_over_all_frames_from_the_headers():
