@@ -99,13 +99,19 @@ class DecoderPool:
         memory_mb: int = DEFAULT_MEMORY_MB,
         max_tasks: int = DEFAULT_MAX_TASKS,
         quiet: bool = True,
+        preload: list[str] | None = None,
     ):
+        """`preload`: modules the forkserver imports once for every worker (default: the caller's
+        `__main__` and the validation's inspection code; a serving replica, whose `__main__` is
+        Ray's worker, names what it needs instead)."""
         from pebble import ProcessPool
 
         self.workers = workers or available_cpus()
         self.timeout_s, self.memory_mb = timeout_s, memory_mb
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_PRELOAD)  # no effect once this process's forkserver runs
+        context.set_forkserver_preload(
+            _PRELOAD if preload is None else preload
+        )  # no effect once this process's forkserver runs
         self._pool = ProcessPool(
             max_workers=self.workers,
             max_tasks=max_tasks,

@@ -40,9 +40,8 @@ _ROWS_VERSION = 2
 
 
 def limits_of(cfg: ValidateSettings) -> ImageLimits:
-    return ImageLimits.of(
-        cfg.formats, max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, max_frames=cfg.max_frames, max_scans=cfg.max_scans
-    )
+    sizes = {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels}
+    return ImageLimits.of(cfg.formats, **sizes, max_frames=cfg.max_frames, max_scans=cfg.max_scans)
 
 
 def _progress(total: int, enabled: bool) -> Progress:

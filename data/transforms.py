@@ -27,6 +27,7 @@ from lensops.core.errors import UsageError
 from lensops.core.settings import KNOWN_FORMATS, PreprocessingSpec
 
 from .images import ImageLimits, decode_image, to_rgb
+from .pixels import image_stats, normalize, resize
 
 __all__ = [
     "EvalTransform",
@@ -39,37 +40,9 @@ __all__ = [
     "train_transform",
 ]
 
-_PIL_INTERPOLATION = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
-
 
 class AugmentationError(UsageError):
     """An augmentation in params.yaml names an unknown transform or argument, or a bad value."""
-
-
-def resize(image: Image.Image, spec: PreprocessingSpec) -> Image.Image:
-    """The spec's resize on an RGB image; returns size x size."""
-    method = _PIL_INTERPOLATION[spec.interpolation]
-    if spec.resize == "stretch":
-        return image.resize((spec.size, spec.size), method)
-    short = round(spec.size / spec.crop_fraction)
-    w, h = image.size
-    scale = short / min(w, h)
-    image = image.resize((max(spec.size, round(w * scale)), max(spec.size, round(h * scale))), method)
-    w, h = image.size
-    left, top = (w - spec.size) // 2, (h - spec.size) // 2
-    return image.crop((left, top, left + spec.size, top + spec.size))
-
-
-def normalize(pixels: np.ndarray, spec: PreprocessingSpec) -> np.ndarray:
-    """HWC uint8 -> CHW float32, scaled to [0, 1] then standardised by the spec's mean/std."""
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
-    chw = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-    return (chw - mean) / std
 
 
 class EvalTransform:
@@ -93,21 +66,6 @@ class EvalTransform:
 def eval_transform(spec: PreprocessingSpec) -> EvalTransform:
     """The evaluation transform: any PIL image -> float32 tensor (3, size, size)."""
     return EvalTransform(spec)
-
-
-def image_stats(rgb: Image.Image) -> dict[str, float]:
-    """What the production log records of an image and monitoring compares: size, mean and spread of grey.
-
-    Computed on the upright RGB image (after `to_rgb`), before any resize, the same way for the
-    training baseline and for production.
-    """
-    grey = np.asarray(rgb.convert("L"), dtype=np.float64)
-    return {
-        "width": rgb.width,
-        "height": rgb.height,
-        "brightness": float(grey.mean()),
-        "contrast": float(grey.std()),
-    }
 
 
 # Files that validation accepted: any format lensops knows, no size limits (they were applied then).

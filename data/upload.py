@@ -1,6 +1,7 @@
 """Untrusted image bytes -> a decoded PIL image, or a rejection a client can act on.
 
-Serving calls `read_upload` on every request body. It is `data.images.decode_image` with the
+Serving runs `prepare_upload` on every request body, in a `data.decoder_pool.DecoderPool`
+worker (a deadline and a memory cap, killable without stopping the replica). It is `data.images.decode_image` with the
 serving limits: the rules of what an acceptable image is live there, shared with validation.
 The format is read from the bytes, never from a Content-Type or a file name. Each rejection
 carries the HTTP status and a short code, and a detail that says what was wrong and what is
@@ -16,6 +17,11 @@ allowed:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from lensops.core.settings import PreprocessingSpec
 
 from .images import (
     DEFAULT_FORMATS,
@@ -26,9 +32,19 @@ from .images import (
     ImageLimits,
     ImageRejected,
     decode_image,
+    to_rgb,
 )
+from .pixels import image_stats, resize
 
-__all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "Upload", "UploadRejected", "read_upload"]
+__all__ = [
+    "DEFAULT_FORMATS",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "Upload",
+    "UploadRejected",
+    "prepare_upload",
+    "read_upload",
+]
 
 UploadRejected = ImageRejected
 Upload = DecodedImage
@@ -45,3 +61,21 @@ def read_upload(
 ) -> Upload:
     limits = ImageLimits.of(allowed_formats, max_bytes=max_bytes, max_pixels=max_pixels, max_frames=max_frames)
     return decode_image(body, limits, target_size=target_size)
+
+
+def prepare_upload(body: bytes, limits: ImageLimits, spec: PreprocessingSpec) -> dict[str, Any]:
+    """Untrusted bytes -> the spec's resized upright RGB pixels (uint8, HWC) and the image stats.
+
+    The whole of an upload's image work, torch-free, so it runs in a decoding worker and only
+    `size x size x 3` bytes travel back; the caller normalises (`data.pixels.normalize`).
+    Raises `ImageRejected` for bytes that are not an acceptable image, whatever they are.
+    """
+    decoded = decode_image(body, limits)
+    try:
+        rgb = to_rgb(decoded.image)
+        pixels = np.asarray(resize(rgb, spec), dtype=np.uint8)
+    except MemoryError:
+        raise ImageRejected(422, "undecodable", "the image needs more memory than a decoder may use") from None
+    except Exception as e:  # a mode or a size no conversion handles is still the upload's fault
+        raise ImageRejected(422, "undecodable", f"the image cannot be converted: {type(e).__name__}: {e}") from None
+    return {"pixels": pixels, **image_stats(rgb)}

@@ -48,7 +48,16 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
     # Enough requests in flight per replica for batches to fill (Serve's default allows 5).
     preprocess = Preprocess.options(
         num_replicas=s.preprocess_replicas, ray_actor_options=cpus, max_ongoing_requests=s.max_ongoing_requests
-    ).bind(s.allowed_formats, s.max_body_bytes, s.max_pixels)
+    ).bind(
+        {
+            "formats": s.allowed_formats,
+            "max_bytes": s.max_body_bytes,
+            "max_pixels": s.max_pixels,
+            "max_frames": s.max_frames,
+            "max_scans": s.max_scans,
+        },
+        {"workers": s.decode_workers, "timeout_s": s.decode_timeout_s, "memory_mb": s.decoder_memory_mb},
+    )
     model = Model.options(
         num_replicas=s.model_replicas,
         ray_actor_options={**cpus, "num_gpus": gpus},
@@ -74,6 +83,8 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
         api_key=api_key if api_key is not None else os.environ.get("LENSOPS_API_KEY") or None,
         max_batch_size=s.max_batch_size,
         batch_wait_ms=s.batch_wait_ms,
+        max_batch_files=s.max_batch_files,
+        max_images_in_flight=s.max_images_in_flight,
     )
 
 

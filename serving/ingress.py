@@ -1,5 +1,9 @@
 """The HTTP ingress (FastAPI): the contract, the API key, limits, timeouts, JSON errors, metrics, the log.
 
+The HTTP edges (bodies under a byte cap, JSON errors with a request id, counts, the key) are in
+`serving.http`. Admission counts images, not requests: a `/predict/batch` of 32 files takes 32
+of `serve.max_images_in_flight` (and at most `serve.max_batch_files` files are accepted).
+
 Concurrent requests are gathered with `@serve.batch` and go on together: one call to
 preprocessing per 8 images and one to the model per batch, instead of two calls per request
 (see benchmarks/README.md for what a request costs). Every 200 answer goes to
@@ -23,21 +27,21 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from ray import serve
 
+from .http import ClientError, authorised, error_response, install, read_images, request_id
+
 api = FastAPI(
     title="lensops",
-    description="Image classification by the registered champion. Errors are JSON: {error, detail}.",
+    description="Image classification by the registered champion. Errors are JSON: {error, detail, request_id}.",
     version="1",
+    docs_url=None,  # served below, behind the API key like every route but /healthz
+    redoc_url=None,
+    openapi_url=None,
 )
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 PREPROCESS_CHUNK = 8  # images per call to a preprocessing replica
 IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
-
-
-class ClientError(Exception):
-    def __init__(self, status: int, code: str, detail: str):
-        self.status, self.code, self.detail = status, code, detail
 
 
 @serve.deployment
@@ -56,6 +60,8 @@ class Ingress:
         api_key: str | None,
         max_batch_size: int,
         batch_wait_ms: float,
+        max_batch_files: int = 64,
+        max_images_in_flight: int = 128,
     ):
         from pathlib import Path
 
@@ -68,6 +74,11 @@ class Ingress:
         self._answer.set_max_batch_size(max_batch_size)
         self._answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.max_body_bytes, self.timeout, self.top_k, self.api_key = max_body_bytes, request_timeout_s, top_k, api_key
+        self.max_batch_files, self.max_images_in_flight, self.images_in_flight = (
+            max_batch_files,
+            max_images_in_flight,
+            0,
+        )
         self.answers = AnswerLog(monitoring, Path(root))
         self.outside = outside  # whether an image statistic is outside the training range
         self._info: dict[str, Any] | None = None
@@ -82,47 +93,22 @@ class Ingress:
             "lensops_model_version", "model version that answered last", ["name"], registry=self.metrics
         )
         self.metrics.register(AnswerLogCollector(self.answers))
-        self._install_handlers()
-
-    def _install_handlers(self) -> None:
-        from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse
-
-        async def client_error(request, exc: ClientError):
-            return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
-
-        async def bad_parameter(request, exc: RequestValidationError):
-            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            return JSONResponse({"error": "bad_parameter", "detail": detail}, status_code=400)
-
-        api.add_exception_handler(ClientError, client_error)
-        api.add_exception_handler(RequestValidationError, bad_parameter)
+        install(api, self.requests, self.latency)
 
     def _authorise(self, request) -> None:
-        if self.api_key and request.headers.get("x-api-key") != self.api_key:
-            raise ClientError(401, "unauthorised", "send the API key in the X-API-Key header")
+        authorised(request, self.api_key)
 
-    async def _body(self, request) -> list[tuple[str, bytes]]:
-        """The image(s) of a request: the raw body, or multipart `file` field(s)."""
-        length = request.headers.get("content-length", "")
-        content_type = request.headers.get("content-type", "")
-        multipart = content_type.startswith("multipart/form-data")
-        limit = self.max_body_bytes * (16 if multipart else 1)  # several files, each checked below
-        if length.isdigit() and int(length) > limit:
-            raise ClientError(413, "too_large", f"the request is {int(length):,} bytes; the limit is {limit:,}")
-        if multipart:
-            form = await request.form()
-            files = [
-                (getattr(f, "filename", "") or f"file{i}", await f.read())
-                for i, f in enumerate(form.getlist("file"))
-                if hasattr(f, "read")
-            ]
-            if not files:
-                raise ClientError(400, "bad_parameter", "multipart requests carry the image in a field named `file`")
-            return files
-        return [("body", await request.body())]
+    async def _body(self, request, max_files: int) -> list[tuple[str, bytes]]:
+        return await read_images(request, self.max_body_bytes, max_files)
 
-    async def _predict_one(self, body: bytes, top_k: int) -> dict[str, Any]:
+    def _admit(self, n: int) -> None:
+        """Count `n` images against admission: past `max_images_in_flight`, a 503 at once."""
+        if self.images_in_flight + n > self.max_images_in_flight:
+            detail = f"{self.images_in_flight} images are being answered; the limit is {self.max_images_in_flight}"
+            raise ClientError(503, "overloaded", detail + "; retry shortly")
+        self.images_in_flight += n
+
+    async def _predict_one(self, body: bytes, top_k: int, request_id: str | None = None) -> dict[str, Any]:
         if len(body) > self.max_body_bytes:
             raise ClientError(
                 413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
@@ -132,7 +118,7 @@ class Ingress:
             raise ClientError(**answer["error"])
         probabilities, classes = answer["probabilities"], answer["classes"]
         order = np.argsort(-probabilities)[:top_k]
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         predictions = [{"label": classes[i], "score": float(probabilities[i])} for i in order]
         stats = {stat: answer[stat] for stat in IMAGE_STATS}
         sha256 = hashlib.sha256(body).hexdigest()
@@ -217,36 +203,32 @@ class Ingress:
             self._info_at = time.monotonic()
         return self._info
 
-    async def _timed(self, route: str, work) -> Any:
-        from fastapi.responses import JSONResponse
-
-        started = time.perf_counter()
-        status = 200
+    async def _timed(self, request, work) -> Any:
+        """The route's work under `serve.request_timeout_s` (408 past it); client errors as JSON."""
         try:
             return await asyncio.wait_for(work, timeout=self.timeout)
         except TimeoutError:
-            status = 408
-            return JSONResponse({"error": "timeout", "detail": f"no answer within {self.timeout:g} s"}, status_code=408)
+            return error_response(request, 408, "timeout", f"no answer within {self.timeout:g} s")
         except ClientError as e:
-            status = e.status
-            return JSONResponse({"error": e.code, "detail": e.detail}, status_code=e.status)
-        finally:
-            self.requests.labels(route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - started)
+            return error_response(request, e.status, e.code, e.detail)
 
     @api.post("/predict", summary="Classify one image (raw body or multipart field `file`)")
     async def predict(self, request: Request, top_k: int | None = Query(None, ge=1, le=1000)):
         self._authorise(request)
 
         async def work():
-            (_, body), *rest = await self._body(request)
+            (_, body), *rest = await self._body(request, max_files=1)
             if rest:
                 raise ClientError(
                     400, "bad_parameter", "one image per /predict request; use /predict/batch for several"
                 )
-            return await self._predict_one(body, top_k or self.top_k)
+            self._admit(1)
+            try:
+                return await self._predict_one(body, top_k or self.top_k, request_id(request))
+            finally:
+                self.images_in_flight -= 1
 
-        return await self._timed("/predict", work())
+        return await self._timed(request, work())
 
     @api.post("/predict/batch", summary="Classify several multipart `file` fields; one answer per file")
     async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1, le=1000)):
@@ -259,14 +241,24 @@ class Ingress:
                 return {"file": name, "status": e.status, "error": e.code, "detail": e.detail}
 
         async def work():
-            files = await self._body(request)
-            return {"results": list(await asyncio.gather(*(one(n, b) for n, b in files)))}
+            files = await self._body(request, max_files=self.max_batch_files)
+            self._admit(len(files))
+            try:
+                return {"results": list(await asyncio.gather(*(one(n, b) for n, b in files)))}
+            finally:
+                self.images_in_flight -= len(files)
 
-        return await self._timed("/predict/batch", work())
+        return await self._timed(request, work())
 
-    @api.get("/healthz", summary="200 when the model is loaded")
-    async def healthz(self):
-        info = await self.model.info.remote()
+    @api.get("/healthz", summary="200 when the model and preprocessing answer within 5 s; 503 otherwise")
+    async def healthz(self, request: Request):
+        try:
+            info, _ = await asyncio.wait_for(
+                asyncio.gather(self.model.info.remote(), self.preprocess.healthy.remote()), timeout=5
+            )
+        except Exception as e:  # a deployment that does not answer (or fails) makes the server unhealthy
+            detail = f"a deployment did not answer: {type(e).__name__}: {e}"[:300]
+            return error_response(request, 503, "unhealthy", detail)
         return {"status": "ok", "model": {"name": info["name"], "version": info["version"]}}
 
     @api.get("/model", summary="The served model: name, version, classes, preprocessing spec")
@@ -274,6 +266,18 @@ class Ingress:
         self._authorise(request)
         info = await self.model.info.remote()
         return {k: v for k, v in info.items() if k != "key"}
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request):
+        self._authorise(request)
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        self._authorise(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="lensops")
 
     @api.get("/metrics", summary="Prometheus metrics")
     async def metrics_route(self, request: Request):

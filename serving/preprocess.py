@@ -1,13 +1,19 @@
 """The preprocessing deployment: untrusted bytes -> a checked, decoded image -> the evaluation tensor.
 
-The tensor is built by the shared `data.transforms.eval_transform` from the served version's
-preprocessing spec (the same function evaluation and monitoring use), and the image is made
-upright RGB once, for both the tensor and the stats the production log keeps. A batch arrives in
-chunks, spread over the replicas.
+Each upload's image work (`data.upload.prepare_upload`: the shared decoder, upright RGB, the
+spec's resize, the image stats) runs in a `data.decoder_pool.DecoderPool` worker process under
+`serve.decode_timeout_s` and `serve.decoder_memory_mb`: a TIFF of thousands of pages, a JPEG of
+thousands of scans or a decoder crash costs one worker, which is killed and replaced, and the
+upload gets a 422; the replica keeps answering. The replica is async, so while one decode runs
+long the others go on in the other workers. Only the resized image comes back; the replica
+normalises it with the spec (the same `data.pixels.normalize` evaluation uses). A batch arrives
+in chunks, spread over the replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from ray import serve
@@ -16,32 +22,56 @@ from lensops.core.settings import PreprocessingSpec
 
 from .model import spec_key
 
+# What each decoding worker imports once, through the forkserver (not the replica's `__main__`).
+WORKER_PRELOAD = ["data.upload"]
+
 
 @serve.deployment
 class Preprocess:
-    def __init__(self, allowed_formats: list[str], max_bytes: int, max_pixels: int):
-        self.limits = {"allowed_formats": allowed_formats, "max_bytes": max_bytes, "max_pixels": max_pixels}
-        self._transforms: dict[str, Any] = {}
+    def __init__(self, limits: dict[str, Any], decode: dict[str, Any]):
+        from data.decoder_pool import DecoderPool
+        from data.images import ImageLimits
 
-    def __call__(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
+        self.limits = ImageLimits.of(**limits)
+        self.pool = DecoderPool(
+            workers=decode["workers"],
+            timeout_s=decode["timeout_s"],
+            memory_mb=decode["memory_mb"],
+            max_tasks=decode.get("max_tasks", 10_000),
+            preload=WORKER_PRELOAD,
+        )
+        self._specs: dict[str, tuple[PreprocessingSpec, str]] = {}  # the spec as sent -> parsed, key
+
+    async def __call__(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
         """One result per body: the tensor and image stats, or the client error it deserves."""
-        from data.transforms import eval_transform
+        from data.upload import prepare_upload
 
-        parsed = PreprocessingSpec.model_validate(spec)
-        key = spec_key(parsed)
-        if key not in self._transforms:
-            self._transforms[key] = eval_transform(parsed)
-        return [self._one(body, self._transforms[key], key) for body in bodies]
+        cache = json.dumps(spec, sort_keys=True)
+        if cache not in self._specs:
+            parsed = PreprocessingSpec.model_validate(spec)
+            self._specs[cache] = (parsed, spec_key(parsed))
+        parsed, key = self._specs[cache]
+        futures = [asyncio.wrap_future(self.pool.submit(prepare_upload, body, self.limits, parsed)) for body in bodies]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return [self._result(outcome, parsed, key) for outcome in outcomes]
 
-    def _one(self, body: bytes, transform, key: str) -> dict[str, Any]:
-        from data.transforms import image_stats, to_rgb
-        from data.upload import UploadRejected, read_upload
+    def healthy(self) -> bool:
+        return True
 
-        try:
-            upload = read_upload(body, **self.limits)
-            rgb = to_rgb(upload.image)
-        except UploadRejected as e:
-            return {"error": {"status": e.status, "code": e.code, "detail": e.detail}}
-        except Exception as e:  # anything else Pillow raises on hostile data is still the client's input
-            return {"error": {"status": 422, "code": "undecodable", "detail": f"the image does not decode: {e}"}}
-        return {"tensor": transform.from_rgb(rgb).numpy(), "key": key, **image_stats(rgb)}
+    @staticmethod
+    def _result(outcome: dict[str, Any] | BaseException, spec: PreprocessingSpec, key: str) -> dict[str, Any]:
+        from data.images import ImageRejected
+        from data.pixels import normalize
+
+        if isinstance(outcome, ImageRejected):
+            return {"error": {"status": outcome.status, "code": outcome.code, "detail": outcome.detail}}
+        if isinstance(outcome, BaseException):  # the pool's own failure: still this upload's, never a 500
+            detail = f"the image could not be decoded: {type(outcome).__name__}: {outcome}"
+            return {"error": {"status": 422, "code": "undecodable", "detail": detail}}
+        stats = {k: v for k, v in outcome.items() if k != "pixels"}
+        return {"tensor": normalize(outcome["pixels"], spec), "key": key, **stats}
+
+    def __del__(self):
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()

@@ -40,9 +40,30 @@ def start(
         raise ServeError(str(e)) from None
     host = host or settings.serve.host
     port = settings.serve.port if port is None else port
+    warn_if_open(host)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings, model_ref), name="lensops", route_prefix="/", blocking=False)
     return f"http://{host}:{port}", started_ray
+
+
+def warn_if_open(host: str) -> bool:
+    """A warning on stderr when the server listens beyond this machine without an API key."""
+    import ipaddress
+    import os
+    import sys
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback or os.environ.get("LENSOPS_API_KEY"):
+        return False
+    print(
+        f"warning: serving on {host} without an API key: anyone who can reach this address can use "
+        "the model. Set LENSOPS_API_KEY, or bind to 127.0.0.1.",
+        file=sys.stderr,
+    )
+    return True
 
 
 def stop(started_ray: bool) -> None:

@@ -60,6 +60,13 @@ def many_scan_jpeg(size: int = 3000, copies: int = 10_000) -> bytes:
     return data[:last_end] + data[small[0] : small[2]] * copies + data[last_end:]
 
 
+def heavy_modules() -> list[str]:
+    """Which of the heavy libraries this process has imported (run in a decoding worker)."""
+    import sys
+
+    return [name for name in ("torch", "ray", "mlflow", "pandas") if name in sys.modules]
+
+
 def many_page_tiff(pages: int = 8000) -> bytes:
     """A little-endian TIFF of `pages` 1x1 pages sharing one pixel byte, written directly
     (Pillow's own writer takes minutes for 8,000 pages)."""

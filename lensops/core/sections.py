@@ -237,12 +237,19 @@ class ServeSettings(Section):
     max_body_bytes: int = Field(10 * 2**20, ge=1)
     allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])
     max_pixels: int = Field(40_000_000, ge=1, description="all frames together, checked from the header")
+    max_frames: int = Field(1000, ge=1, description="frames counted (never walked) past this: 422")
+    max_scans: int = Field(100, ge=1, description="a JPEG with more scans (progressive passes): 422")
+    decode_timeout_s: float = Field(2.0, gt=0, description="per upload; a decoder still running is killed: 422")
+    decode_workers: int = Field(2, ge=1, description="decoding processes per preprocessing replica")
+    decoder_memory_mb: int = Field(512, ge=64, description="memory a decoding process may add to its start-up size")
     top_k: int = Field(3, ge=1)
     max_batch_size: int = Field(32, ge=1, description="requests the ingress gathers into one batch")
     batch_wait_ms: float = Field(10.0, ge=0, description="how long the ingress waits for a batch to fill")
     request_timeout_s: float = Field(10.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1, description="per ingress replica")
     max_queued_requests: int = Field(64, ge=1, description="beyond this, requests get 503 at once")
+    max_images_in_flight: int = Field(128, ge=1, description="images (a batch counts each) answered at once; 503 past")
+    max_batch_files: int = Field(64, ge=1, description="files one /predict/batch request may carry")
     alias_poll_seconds: float = Field(2.0, gt=0, description="how often the served alias is re-resolved")
     preprocess_replicas: int = Field(1, ge=1)
     model_replicas: int = Field(1, ge=1)
@@ -298,6 +305,10 @@ class DriftSettings(Section):
         "lof", description="lof: density relative to the nearest training images; knn: mean distance to them"
     )
     novelty_k: int = Field(20, ge=1, description="nearest training embeddings a record is compared with")
+    novelty_stats: list[str] = Field(
+        default_factory=lambda: ["brightness", "contrast"],
+        description="a record is novel too when one of these image stats is outside the baseline's whole range",
+    )
     method: Literal["model", "mmd", "ratio", "distance"] = Field(
         "model", description="Evidently's embeddings drift method (the shift test)"
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data.images import ImageLimits
 from data.transforms import eval_transform
 from data.upload import UploadRejected, read_upload
 from lensops.core.settings import PreprocessingSpec
@@ -109,3 +110,33 @@ def test_exif_orientation_is_applied():
     upload = read_upload(_exif_rotated())
     assert (upload.width, upload.height) == (40, 20)  # as stored
     assert to_rgb(upload.image).size == (20, 40)  # as displayed
+
+
+@pytest.mark.parametrize("name", list(AWKWARD))
+def test_prepared_uploads_equal_the_offline_transform(name):
+    from data.pixels import normalize
+    from data.upload import prepare_upload
+
+    spec = PreprocessingSpec(size=16)
+    body = AWKWARD[name]()
+    prepared = prepare_upload(body, ImageLimits(), spec)
+    expected = eval_transform(spec)(read_upload(body).image).numpy()
+    assert prepared["pixels"].dtype == np.uint8 and prepared["pixels"].shape == (16, 16, 3)
+    np.testing.assert_array_equal(normalize(prepared["pixels"], spec), expected)
+    assert {"width", "height", "brightness", "contrast"} <= set(prepared)
+
+
+def test_serving_workers_decode_torch_free_and_a_runaway_decode_costs_one_worker():
+    from data.decoder_pool import DecoderPool
+    from data.upload import prepare_upload
+    from serving.preprocess import WORKER_PRELOAD
+    from tests.hostile import heavy_modules, many_scan_jpeg
+
+    spec, lenient = PreprocessingSpec(size=16), ImageLimits(max_scans=10**6)
+    with DecoderPool(workers=1, timeout_s=0.2, memory_mb=256, preload=WORKER_PRELOAD) as pool:
+        assert pool.submit(prepare_upload, PNG, lenient, spec).result()["pixels"].shape == (16, 16, 3)
+        assert pool.submit(heavy_modules).result() == []  # a worker starts small: no torch, no Ray
+        with pytest.raises(UploadRejected, match=r"took longer than 0\.2 s") as rejected:
+            pool.submit(prepare_upload, many_scan_jpeg(copies=100_000), lenient, spec).result()
+        assert rejected.value.status == 422
+        assert pool.submit(prepare_upload, JPEG, lenient, spec).result()["width"] == 64  # the replacement works

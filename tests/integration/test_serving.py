@@ -79,7 +79,8 @@ def test_answers_match_the_offline_evaluation_path(served):
         )
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert body["model"] == {"name": "tiny", "version": files.version} and len(body["request_id"]) == 32
+        assert body["model"] == {"name": "tiny", "version": files.version}
+        assert body["request_id"] == answer.headers["x-request-id"]  # the id Ray Serve's proxy answers with
         top = body["predictions"][0]
         assert top["label"] == files.classes[int(expected[row].argmax())]
         assert top["score"] == pytest.approx(float(expected[row].max()), abs=1e-5)
@@ -94,7 +95,8 @@ def test_bad_inputs_get_the_right_4xx_and_the_server_stays_healthy(served, name)
     body, status = BAD[name]
     answer = requests.post(f"{url}/predict", data=body, headers={"content-type": "image/jpeg"}, timeout=60)
     assert answer.status_code == status, answer.text
-    assert set(answer.json()) == {"error", "detail"} and answer.json()["detail"]
+    assert set(answer.json()) == {"error", "detail", "request_id"} and answer.json()["detail"]
+    assert answer.headers["x-request-id"] == answer.json()["request_id"]
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
 
 
@@ -122,6 +124,93 @@ def test_multipart_single_and_batch_with_one_bad_file(served):
     assert batch.status_code == 200, batch.text
     results = batch.json()["results"]
     assert [r["status"] for r in results] == [200, 415, 200] and results[1]["error"] == "unsupported_format"
+
+
+def test_every_answer_that_is_not_a_200_is_json_and_counted(served):
+    settings, url = served
+    image = (lambda t, raw: (raw / t.path.iloc[0]).read_bytes())(*_test_images(settings, 1))
+    answers = {
+        "unknown route": (requests.get(f"{url}/nowhere", timeout=10), 404, "not_found"),
+        "wrong method": (requests.get(f"{url}/predict", timeout=10), 405, "method_not_allowed"),
+        "malformed multipart": (
+            requests.post(
+                f"{url}/predict",
+                data=b"--xyz\r\nContent-Disposition: form-data; name=file\r\n\r\nabc",  # never closed
+                headers={"content-type": "multipart/form-data; boundary=xyz"},
+                timeout=10,
+            ),
+            400,
+            None,
+        ),
+        "1,000 files": (
+            requests.post(
+                f"{url}/predict/batch",
+                files=[("file", (f"{i}.png", image, "image/png")) for i in range(1000)],
+                timeout=60,
+            ),
+            400,
+            "bad_multipart",
+        ),
+    }
+    for name, (answer, status, code) in answers.items():
+        assert answer.status_code == status, (name, answer.text)
+        body = answer.json()
+        assert set(body) == {"error", "detail", "request_id"} and body["detail"], name
+        assert code is None or body["error"] == code, (name, body)
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    assert 'lensops_requests_total{route="other",status="404"}' in metrics
+    assert 'lensops_requests_total{route="/predict",status="405"}' in metrics
+    assert 'lensops_requests_total{route="/predict/batch",status="400"}' in metrics
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_chunked_upload_is_stopped_at_the_byte_limit(served):
+    _settings, url = served
+    sent = []
+
+    def chunks():  # 30 MB with no Content-Length: requests sends it chunked
+        for _ in range(30):
+            sent.append(2**20)
+            yield b"\xff" * 2**20
+
+    try:
+        answer = requests.post(f"{url}/predict", data=chunks(), timeout=60)
+    except requests.ConnectionError:  # the server answered and closed before the upload ended
+        answer = None
+    if answer is not None:
+        assert answer.status_code == 413 and answer.json()["error"] == "too_large", answer.text
+        assert "stopped reading" in answer.json()["detail"]
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
+    from ray import serve
+
+    from serving.app import build_app
+    from tests.hostile import many_page_tiff, many_scan_jpeg
+
+    settings, url = served
+    test, raw = _test_images(settings, 1)
+    image = (raw / test.path.iloc[0]).read_bytes()
+    for body, words in ((many_page_tiff(8000), "more than 1,000 frames"), (many_scan_jpeg(), "JPEG scans")):
+        answer = requests.post(f"{url}/predict", data=body, timeout=60)
+        assert answer.status_code == 422 and words in answer.json()["detail"], answer.text
+    lenient = settings.updated({"serve.max_scans": 10**6, "serve.decode_timeout_s": 0.3})
+    serve.run(build_app(lenient), name="lensops", route_prefix="/", blocking=False)
+    try:
+        _wait_healthy(url)
+        hostile = many_scan_jpeg(copies=100_000)
+        deadline, answer = time.monotonic() + 30, None
+        while time.monotonic() < deadline:  # until the new preprocessing replica answers
+            answer = requests.post(f"{url}/predict", data=hostile, timeout=60)
+            if "took longer" in answer.json().get("detail", ""):
+                break
+        assert answer.status_code == 422 and "took longer than 0.3 s" in answer.json()["detail"], answer.text
+        assert requests.post(f"{url}/predict", data=image, timeout=30).status_code == 200  # the replica goes on
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        serve.run(build_app(settings), name="lensops", route_prefix="/", blocking=False)
+        _wait_healthy(url)
 
 
 def test_parameters_model_route_and_metrics(served):
@@ -294,6 +383,11 @@ def test_api_key_guards_every_route_but_healthz(served, monkeypatch):
             time.sleep(0.3)  # the old ingress drains first
         assert requests.post(f"{url}/predict", data=image.getvalue(), timeout=30).json()["error"] == "unauthorised"
         assert requests.get(f"{url}/model", timeout=10).status_code == 401
+        for route in ("/docs", "/openapi.json", "/metrics"):
+            assert requests.get(f"{url}{route}", timeout=10).status_code == 401, route
+        keyed_docs = requests.get(f"{url}/openapi.json", headers={"x-api-key": "s3cret"}, timeout=10)
+        assert keyed_docs.status_code == 200 and "/predict" in keyed_docs.json()["paths"]
+        assert requests.get(f"{url}/model", headers={"x-api-key": "s3cre"}, timeout=10).status_code == 401
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
         keyed = requests.post(f"{url}/predict", data=image.getvalue(), headers={"x-api-key": "s3cret"}, timeout=30)
         assert keyed.status_code == 200
