@@ -6,8 +6,10 @@ of its held-out validation images.
 
 - **The verdict** (`drift.verdict: novelty`, the default) is one-sided. Each production record's
   novelty is its distance to the nearest training embeddings over the distance that all but
-  `1 - drift.novelty_quantile` of the held-out validation images stay within (`data.novelty`).
-  Drift is a share of novel records above `drift.novelty_share`. Production that is a subset of
+  `1 - drift.novelty_quantile` of the held-out validation images stay within (`data.novelty`);
+  a record whose brightness or contrast (`drift.novelty_stats`) lies outside the whole range of
+  the baseline's images (widened by 10 %) is novel too. Drift is a share of novel records above
+  `drift.novelty_share`. Production that is a subset of
   what the version learnt is not drift, however its mix differs; after a retrain on labelled
   production images the same traffic settles; a shift no training data covers still alarms.
 - **The shift** is Evidently's two-sample embeddings test (`drift.method`, `drift.threshold`)
@@ -169,7 +171,7 @@ def _decide(result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, cfg:
             f"the production log holds {current.shape[1]}-wide embeddings for version {result.model['version']}, "
             f"its baseline {reference.shape[1]}-wide: the log was not written by this version"
         )
-    novelty = novelty_check(baseline, current, cfg)
+    novelty = novelty_check(baseline, current, cfg, log)
     held_out = validation(baseline)
     shift_score, shifted = shift_test(np.stack(held_out["embedding"].to_numpy()), current, cfg)
     shift = {"method": cfg.method, "score": shift_score, "threshold": cfg.threshold, "drift": shifted}
@@ -184,21 +186,46 @@ def _decide(result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, cfg:
         result.details["pca_components"] = cfg.pca_components
 
 
-def novelty_check(baseline: pd.DataFrame, current: np.ndarray, cfg: DriftSettings) -> dict[str, Any]:
-    """The share of production records further from the training data than held-out images go."""
+def novelty_check(
+    baseline: pd.DataFrame, current: np.ndarray, cfg: DriftSettings, log: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """The share of production records the version has not learnt: further from the training
+    embeddings than held-out images go, or with an image stat (`drift.novelty_stats`) outside the
+    whole range of the baseline's images. The second catches a shift the network maps onto
+    familiar features (inverted digits land among ordinary ones: 19 % accuracy, few embedding
+    outliers), which no image it trained on could have taught it."""
     reference = NoveltyReference.from_settings(baseline, cfg)
     scores = reference.novelty(current)
-    share = float((scores > 1.0).mean())
+    by_embedding = scores > 1.0
+    by_stats = outside_range(baseline, log, cfg.novelty_stats) if log is not None else np.zeros_like(by_embedding)
+    novel = by_embedding | by_stats
+    share = float(novel.mean())
     return {
-        "method": f"novelty share (k={reference.k}, q={cfg.novelty_quantile})",
+        "method": f"novelty share (k={reference.k}, q={cfg.novelty_quantile}; stats {', '.join(cfg.novelty_stats)})",
         "score": share,
         "share": share,
         "threshold": cfg.novelty_share,
         "drift": share > cfg.novelty_share,
-        "n_novel": int((scores > 1.0).sum()),
+        "n_novel": int(novel.sum()),
+        "n_novel_embedding": int(by_embedding.sum()),
+        "n_outside_stats": int(by_stats.sum()),
         "median_novelty": float(np.median(scores)),
         **reference.summary(),
     }
+
+
+def outside_range(baseline: pd.DataFrame, log: pd.DataFrame, columns: list[str], margin: float = 0.1) -> np.ndarray:
+    """Per record: whether any of `columns` is outside the baseline images' [min, max], widened by
+    `margin` of its width on each side (a held-out image lands just past a sample's extremes often
+    enough to matter; a shift the version never saw lands far past them)."""
+    outside = np.zeros(len(log), dtype=bool)
+    for column in columns:
+        if column in baseline and column in log and baseline[column].notna().any():
+            low, high = baseline[column].min(), baseline[column].max()
+            low, high = low - margin * (high - low), high + margin * (high - low)
+            values = pd.to_numeric(log[column], errors="coerce").to_numpy(dtype=float)
+            outside |= (values < low) | (values > high)  # a missing value (NaN) is never outside
+    return outside
 
 
 def write_json(path: Path, result: DriftResult) -> None:

@@ -59,3 +59,19 @@ def test_bad_references_are_refused_with_a_reason():
         NoveltyReference.from_baseline(tiny)
     with pytest.raises(ValueError, match="novelty method"):
         NoveltyReference(np.ones((5, 4), dtype=np.float32), 1.0, 2, 0.99, method="magic")
+
+
+def test_stats_outside_the_whole_training_range_are_novel_and_missing_ones_never():
+    from monitoring.drift import outside_range
+
+    rng = np.random.default_rng(0)
+    baseline = pd.DataFrame({"brightness": rng.uniform(50, 100, 500), "contrast": rng.uniform(60, 110, 500)})
+    log = pd.DataFrame(
+        {
+            "brightness": [75.0, 99.0, 103.0, 200.0, np.nan, 75.0],  # 103: inside the 10 % margin
+            "contrast": [80.0, 80.0, 80.0, 80.0, 80.0, 10.0],
+        }
+    )
+    assert outside_range(baseline, log, ["brightness", "contrast"]).tolist() == [False, False, False, True, False, True]
+    assert not outside_range(baseline, log, []).any()  # switched off
+    assert not outside_range(baseline, log.drop(columns="contrast"), ["contrast"]).any()  # a log without the column
