@@ -1,6 +1,7 @@
 """The end-to-end demo on the built-in digits, as `make demo` runs it: the production data loop.
 
-digits → validate → prepare → train → review → promote → serve → clean traffic (no drift) →
+digits → validate (near duplicates) → prepare → train → review → promote → audit (likely label
+errors, outliers, near duplicates) → serve → clean traffic (no drift) →
 shifted traffic (a new scanner: blurred, darkened, tilted digits) → drift → `lensops label
 export` → a scripted labeller fills labels.csv from the true labels (it stands in for a person)
 → `lensops label import` → a new DVC data version → `lensops retrain` (review by slice, promote)
@@ -37,7 +38,14 @@ console = Console()
 DVC_REMOTE = ".dvc-storage"  # the demo's local DVC remote; git-ignored
 TRAFFIC = Path("reports/demo")  # the demo's traffic folders
 LABELS = 600  # images the scripted labeller labels (of about 1,500 shifted images sent, most captured)
-STATE = ("reports/production_log", "reports/capture", "reports/labelling", "reports/drift", "reports/retrain")
+STATE = (
+    "reports/production_log",
+    "reports/capture",
+    "reports/labelling",
+    "reports/drift",
+    "reports/retrain",
+    "reports/audit",
+)
 
 
 @dataclass
@@ -184,6 +192,7 @@ def first_version_steps(loop: ClosedLoop) -> list[Step]:
         Step("push the data version to the remote", [dvc, "push", "--quiet"]),
         Step("dvc repro (validate, prepare, train, review)", action=loop.first_repro),
         Step("promote the reviewed challenger", [lensops, "promote", "--reason", "make demo: review passed"]),
+        Step("audit the digits: likely label errors, outliers, near duplicates", [lensops, "data", "audit"]),
         Step("serve the champion", action=loop.start_server),
         Step("answer one image per class", action=loop.answer_one_per_class),
     ]

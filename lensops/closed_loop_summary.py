@@ -44,6 +44,7 @@ def summarize(loop: ClosedLoop, steps: list[Step], seconds: float) -> dict:
     results["promoted_version"] = retrained.get("version") if retrained and retrained["outcome"] == "promoted" else None
     results.update(_traffic(loop.results.get("traffic", {})))
     results.update(_data_loop(loop))
+    results.update(_data_quality(loop))
     results["served"] = loop.results.get("served")
     summary = loop.root / "reports" / "demo_summary.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +91,19 @@ def _data_loop(loop: ClosedLoop) -> dict:
     }
 
 
+def _data_quality(loop: ClosedLoop) -> dict:
+    """What validation found among the digits (near-duplicate groups, each kept in one split by
+    prepare) and what the audit found (cleanlab on out-of-sample predictions)."""
+    out: dict = {}
+    if validation := loop.json("reports/data_validation.json"):
+        groups = validation.get("near_duplicates", [])
+        out["near_duplicates"] = {"groups": len(groups), "images": sum(len(g) for g in groups)}
+    if audit := loop.json("reports/audit/audit.json"):
+        keep = ("n_images", "issues", "flagged", "top", "folds", "epochs", "out_of_sample_accuracy", "seconds")
+        out["audit"] = {k: audit.get(k) for k in keep}
+    return out
+
+
 def print_table(steps: list[Step], summary: dict) -> None:
     table = Table(title="lensops demo: the production data loop", title_justify="left")
     for column in ("step", "seconds", "result"):
@@ -121,6 +135,17 @@ def _lines(summary: dict) -> list[str]:
         f"images captured {summary['images_captured']}, exported {summary['images_exported']}, "
         f"imported {summary['images_imported']}; data version {summary['data_version']}"
     )
+    if near := summary.get("near_duplicates"):
+        lines.append(
+            f"near-duplicate groups in the digits: {near['groups']} ({near['images']} images), "
+            "each kept in one split; listed in reports/data_validation.json"
+        )
+    if audit := summary.get("audit"):
+        issues = ", ".join(f"{k} {v}" for k, v in audit["issues"].items())
+        lines.append(
+            f"audit: {audit['flagged']} of {audit['n_images']} images flagged ({issues}); out-of-sample accuracy "
+            f"{audit['out_of_sample_accuracy']:.4f}; top {audit['top']} in reports/audit/suspects.png"
+        )
     for role, slices in summary.get("slices", {}).items():
         lines.append(f"{role} accuracy by slice: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(slices.items())))
     lines.append(f"{summary['seconds'] / 60:.1f} minutes; summary in reports/demo_summary.json")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO
@@ -97,6 +98,7 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     # a two-epoch run; test_training covers that path); `make demo` itself runs the full 15 epochs.
     params = (root / "params.yaml").read_text().replace("epochs: 15", "epochs: 2").replace("size: 32", "size: 16")
     params = params.replace("input: ray_data", "input: dataloader")
+    params = params.replace("folds: 5", "folds: 2").replace("epochs: 6   ", "epochs: 1   ")  # the audit, shrunk too
     for gate in (
         "min_accuracy: 0.9",
         "max_accuracy_drop: 0.01",
@@ -141,6 +143,13 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     assert summary["images_exported"] == summary["images_imported"] > 100
     assert summary["images_captured"] >= summary["images_exported"] and summary["data_version"].endswith(".dir")
     assert n_images == 1797 + summary["images_imported"]
+    # The data checks: near-duplicate groups from validation, and the audit's ranked suspects.
+    assert summary["near_duplicates"]["images"] >= 2 * summary["near_duplicates"]["groups"]
+    audit = summary["audit"]
+    assert audit["n_images"] == 1797 and audit["folds"] == 2 and 0 < audit["top"] <= 40
+    assert set(audit["issues"]) == {"label", "outlier", "near_duplicate"}
+    assert len(pd.read_csv(root / "reports" / "audit" / "audit.csv")) == 1797
+    assert (root / "reports" / "audit" / "suspects.png").stat().st_size > 0
 
     # MLflow links the trigger: drift run -> retrain run -> training run -> version 2.
     import mlflow
