@@ -1,32 +1,20 @@
-"""The HTTP edges of the ingress: bodies read under a byte cap, JSON errors, the key, the counts.
+"""The HTTP edges of the ingress: bodies read under a byte cap, JSON errors, the key, parameters.
 
 - **Bodies** are read from the stream and counted as they arrive: past the limit the request is
   answered 413 at once, with or without a `Content-Length`, and never more than the limit is
   held. Multipart bodies go through Starlette's parser on the same capped stream, with a limit on
   the number of files.
-- **Every answer that is not a 200 is JSON** `{"error", "detail", "request_id"}`: client errors,
-  unknown routes (404), wrong methods (405), malformed multipart (400), bad parameters (400) and
-  an internal error (500, which names the request id and never shows a traceback).
-- **Every request is counted** by route and status in `/metrics` (401s, 404s and 500s too). The
-  `request_id` of an answer is the one Ray Serve's proxy sends back as `X-Request-ID`.
+- **Every answer that is not a 200 is JSON** `{"error", "detail", "request_id"}` (`error_response`).
+  The `request_id` is the one Ray Serve's proxy sends back as `X-Request-ID`.
 - **The key** is compared in constant time (`hmac.compare_digest`).
 """
 
 import hmac
-import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
-
-log = logging.getLogger("lensops.serving")
-
-KNOWN_ROUTES = ("/predict", "/predict/batch", "/healthz", "/model", "/metrics", "/docs", "/openapi.json")
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 
 class ClientError(Exception):
@@ -100,42 +88,15 @@ async def read_images(request: Request, max_bytes: int, max_files: int) -> list[
     return files
 
 
-def install(api: FastAPI, requests_counter, latency) -> None:
-    """JSON for every error, and one count per request by route and status."""
-
-    async def client_error(request: Request, exc: ClientError):
-        return error_response(request, exc.status, exc.code, exc.detail)
-
-    async def bad_parameter(request: Request, exc: RequestValidationError):
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return error_response(request, 400, "bad_parameter", detail)
-
-    async def http_error(request: Request, exc: HTTPException):
-        code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(request, exc.status_code, code, str(exc.detail))
-
-    async def internal_error(request: Request, exc: Exception):
-        rid = request_id(request)
-        log.error("request %s failed: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
-        detail = f"an internal error; the server's log names request {rid}"
-        return error_response(request, 500, "internal_error", detail)
-
-    api.add_exception_handler(ClientError, client_error)
-    api.add_exception_handler(RequestValidationError, bad_parameter)
-    api.add_exception_handler(HTTPException, http_error)
-    api.add_exception_handler(Exception, internal_error)
-
-    async def counted(request: Request, call_next):
-        started = time.perf_counter()
-        request_id(request)
-        route = request.url.path if request.url.path in KNOWN_ROUTES else "other"
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            requests_counter.labels(route, str(status)).inc()
-            latency.labels(route).observe(time.perf_counter() - started)
-
-    api.middleware("http")(counted)
+def int_parameter(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A query parameter that must be an integer in [low, high]; 400 naming it otherwise."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ClientError(400, "bad_parameter", f"{name}: must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise ClientError(400, "bad_parameter", f"{name}: must be between {low} and {high}, got {value}")
+    return value

@@ -1,51 +1,61 @@
-"""The HTTP ingress (FastAPI): the contract, the API key, limits, timeouts, JSON errors, metrics, the log.
+"""The HTTP ingress: the contract, the API key, limits, timeouts, JSON errors, metrics, the log.
 
-The HTTP edges (bodies under a byte cap, JSON errors with a request id, counts, the key) are in
-`serving.http`. Admission counts images, not requests: a `/predict/batch` of 32 files takes 32
-of `serve.max_images_in_flight` (and at most `serve.max_batch_files` files are accepted).
+The ingress is a plain Ray Serve deployment whose `__call__` takes Starlette's `Request` and
+routes by hand: FastAPI's per-request machinery (dependency resolution, parameter models,
+response validation) cost more CPU per request than all of a small model's image work, and an
+app of five routes does not need it. The OpenAPI document is written out in `serving.openapi`;
+the HTTP edges (bodies under a byte cap, JSON errors with a request id, the key, parameters) are
+in `serving.http`. Every answer is counted in /metrics by route and status.
 
 Concurrent requests are gathered with `@serve.batch` and go on together: one call to
 preprocessing per 8 images and one to the model per batch, instead of two calls per request
-(see benchmarks/README.md for what a request costs). Every 200 answer goes to
+(see benchmarks/README.md for what a request costs). Admission counts images, not requests: a
+`/predict/batch` of 32 files takes 32 of `serve.max_images_in_flight`. Every 200 answer goes to
 `lensops.core.capture.AnswerLog`: a production-log record with the image's sha256, and for the
 images the capture policy picks (low score, novel embedding, statistic outside the training
 range, a random sample), the bytes as received in the capture store, written off the answer's
 path before the record that points to them. Neither ever fails or delays an answer; their
 failures are counted in /metrics.
-
-No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations
-(`request: Request`) at runtime, and Ray Serve's class-based routes do not resolve string ones.
 """
 
 import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from .http import ClientError, authorised, error_response, install, read_images, request_id
+from .http import ClientError, authorised, error_response, int_parameter, read_images, request_id
 
-api = FastAPI(
-    title="lensops",
-    description="Image classification by the registered champion. Errors are JSON: {error, detail, request_id}.",
-    version="1",
-    docs_url=None,  # served below, behind the API key like every route but /healthz
-    redoc_url=None,
-    openapi_url=None,
-)
-
-
+log = logging.getLogger("lensops.serving")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 PREPROCESS_CHUNK = 8  # images per call to a preprocessing replica
 IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
 
 
+# Swagger UI over /openapi.json (its scripts come from the jsDelivr CDN, as FastAPI's do).
+DOCS_PAGE = """<!doctype html><html><head><title>lensops</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div><script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script></body></html>"""
+
+ROUTES = {
+    "/predict": "POST",
+    "/predict/batch": "POST",
+    "/healthz": "GET",
+    "/model": "GET",
+    "/metrics": "GET",
+    "/openapi.json": "GET",
+    "/docs": "GET",
+}
+
+
 @serve.deployment
-@serve.ingress(api)
 class Ingress:
     def __init__(
         self,
@@ -93,7 +103,35 @@ class Ingress:
             "lensops_model_version", "model version that answered last", ["name"], registry=self.metrics
         )
         self.metrics.register(AnswerLogCollector(self.answers))
-        install(api, self.requests, self.latency)
+        self.routes = {
+            "/predict": self.predict,
+            "/predict/batch": self.predict_batch,
+            "/healthz": self.healthz,
+            "/model": self.model_info,
+            "/metrics": self.metrics_route,
+            "/openapi.json": self.openapi,
+            "/docs": self.docs,
+        }
+
+    async def __call__(self, request: Request) -> Response:
+        """Route, answer, count. A client error is its JSON 4xx; anything else a JSON 500 naming the request."""
+        started, path = time.perf_counter(), request.url.path
+        route = path if path in ROUTES else "other"
+        try:
+            if route == "other":
+                raise ClientError(404, "not_found", f"no route {path[:200]}; routes: {', '.join(ROUTES)}")
+            if request.method != ROUTES[path]:
+                raise ClientError(405, "method_not_allowed", f"{path} takes {ROUTES[path]}, not {request.method}")
+            response = await self.routes[path](request)
+        except ClientError as e:
+            response = error_response(request, e.status, e.code, e.detail)
+        except Exception as e:  # never a traceback to the client; the log names the request
+            rid = request_id(request)
+            log.exception("request %s failed: %s: %s", rid, type(e).__name__, e)
+            response = error_response(request, 500, "internal_error", f"an internal error; the log names request {rid}")
+        self.requests.labels(route, str(response.status_code)).inc()
+        self.latency.labels(route).observe(time.perf_counter() - started)
+        return response
 
     def _authorise(self, request) -> None:
         authorised(request, self.api_key)
@@ -203,40 +241,39 @@ class Ingress:
             self._info_at = time.monotonic()
         return self._info
 
-    async def _timed(self, request, work) -> Any:
-        """The route's work under `serve.request_timeout_s` (408 past it); client errors as JSON."""
+    async def _timed(self, request, work) -> Response:
+        """The route's work under `serve.request_timeout_s` (408 past it), as a JSON answer."""
         try:
-            return await asyncio.wait_for(work, timeout=self.timeout)
+            return JSONResponse(await asyncio.wait_for(work, timeout=self.timeout))
         except TimeoutError:
             return error_response(request, 408, "timeout", f"no answer within {self.timeout:g} s")
-        except ClientError as e:
-            return error_response(request, e.status, e.code, e.detail)
 
-    @api.post("/predict", summary="Classify one image (raw body or multipart field `file`)")
-    async def predict(self, request: Request, top_k: int | None = Query(None, ge=1, le=1000)):
+    async def predict(self, request: Request) -> Response:
+        """Classify one image (raw body or multipart field `file`); `?top_k=N`."""
         self._authorise(request)
+        top_k = int_parameter(request, "top_k", self.top_k, 1, 1000)
 
         async def work():
-            (_, body), *rest = await self._body(request, max_files=1)
-            if rest:
-                raise ClientError(
-                    400, "bad_parameter", "one image per /predict request; use /predict/batch for several"
-                )
             self._admit(1)
             try:
-                return await self._predict_one(body, top_k or self.top_k, request_id(request))
+                (_, body), *rest = await self._body(request, max_files=1)
+                if rest:
+                    detail = "one image per /predict request; use /predict/batch for several"
+                    raise ClientError(400, "bad_parameter", detail)
+                return await self._predict_one(body, top_k, request_id(request))
             finally:
                 self.images_in_flight -= 1
 
         return await self._timed(request, work())
 
-    @api.post("/predict/batch", summary="Classify several multipart `file` fields; one answer per file")
-    async def predict_batch(self, request: Request, top_k: int | None = Query(None, ge=1, le=1000)):
+    async def predict_batch(self, request: Request) -> Response:
+        """Classify several multipart `file` fields; one answer per file."""
         self._authorise(request)
+        top_k = int_parameter(request, "top_k", self.top_k, 1, 1000)
 
         async def one(name: str, body: bytes) -> dict[str, Any]:
             try:
-                return {"file": name, "status": 200, **(await self._predict_one(body, top_k or self.top_k))}
+                return {"file": name, "status": 200, **(await self._predict_one(body, top_k))}
             except ClientError as e:
                 return {"file": name, "status": e.status, "error": e.code, "detail": e.detail}
 
@@ -250,8 +287,8 @@ class Ingress:
 
         return await self._timed(request, work())
 
-    @api.get("/healthz", summary="200 when the model and preprocessing answer within 5 s; 503 otherwise")
-    async def healthz(self, request: Request):
+    async def healthz(self, request: Request) -> Response:
+        """200 when the model and preprocessing deployments answer within 5 s; a JSON 503 otherwise."""
         try:
             info, _ = await asyncio.wait_for(
                 asyncio.gather(self.model.info.remote(), self.preprocess.healthy.remote()), timeout=5
@@ -259,33 +296,28 @@ class Ingress:
         except Exception as e:  # a deployment that does not answer (or fails) makes the server unhealthy
             detail = f"a deployment did not answer: {type(e).__name__}: {e}"[:300]
             return error_response(request, 503, "unhealthy", detail)
-        return {"status": "ok", "model": {"name": info["name"], "version": info["version"]}}
+        return JSONResponse({"status": "ok", "model": {"name": info["name"], "version": info["version"]}})
 
-    @api.get("/model", summary="The served model: name, version, classes, preprocessing spec")
-    async def model_info(self, request: Request):
+    async def model_info(self, request: Request) -> Response:
         self._authorise(request)
         info = await self.model.info.remote()
-        return {k: v for k, v in info.items() if k != "key"}
+        return JSONResponse({k: v for k, v in info.items() if k != "key"})
 
-    @api.get("/openapi.json", include_in_schema=False)
-    async def openapi(self, request: Request):
-        self._authorise(request)
-        return api.openapi()
-
-    @api.get("/docs", include_in_schema=False)
-    async def docs(self, request: Request):
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        self._authorise(request)
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="lensops")
-
-    @api.get("/metrics", summary="Prometheus metrics")
-    async def metrics_route(self, request: Request):
-        from fastapi.responses import Response
+    async def metrics_route(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         self._authorise(request)
         return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        from .openapi import openapi_document
+
+        self._authorise(request)
+        return JSONResponse(openapi_document())
+
+    async def docs(self, request: Request) -> Response:
+        self._authorise(request)
+        return HTMLResponse(DOCS_PAGE)
 
     def __del__(self):
         self.answers.close()  # a clean shutdown loses no production-log record and no queued capture

@@ -164,6 +164,63 @@ def test_every_answer_that_is_not_a_200_is_json_and_counted(served):
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
 
 
+def test_mutants_over_http_get_a_200_or_a_json_4xx_never_a_5xx(served):
+    """A few hundred seeded mutants of every format through /predict and /predict/batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.fuzz import mutants
+
+    _settings, url = served
+    cases = list(mutants(300, seed=7))
+
+    def send(case):
+        name, body = case
+        answer = requests.post(f"{url}/predict", data=body, timeout=60)
+        return name, answer.status_code, answer.headers.get("content-type", "")
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(send, cases))
+    bad = [(name, status, kind) for name, status, kind in outcomes if status >= 500 or "json" not in kind]
+    assert not bad, f"{len(bad)} mutants answered badly, e.g. {bad[:5]} (reproduce with tests.fuzz.mutant(7, i))"
+    assert {status for _, status, _ in outcomes} <= {200, 413, 415, 422}
+    files = [("file", (name, body, "application/octet-stream")) for name, body in cases[:48]]
+    batch = requests.post(f"{url}/predict/batch", files=files, timeout=120)
+    assert batch.status_code == 200 and all(r["status"] < 500 for r in batch.json()["results"])
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_schemathesis_finds_no_server_error_in_the_openapi_document(served, tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _settings, url = served
+    command = [
+        str(Path(sys.executable).parent / "st"),
+        "run",
+        f"{url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "20",
+        "--seed",
+        "1",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "60",
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    operations = re.search(r"Tested: (\d+)", out.stdout)
+    cases = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
+    assert operations and int(operations.group(1)) == 5, out.stdout[-4000:]  # every operation
+    assert cases and int(cases.group(2)) >= 50, out.stdout[-4000:]
+    assert "No issues found" in out.stdout, out.stdout[-4000:]
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
 def test_a_chunked_upload_is_stopped_at_the_byte_limit(served):
     _settings, url = served
     sent = []

@@ -1,0 +1,201 @@
+"""Normal traffic while clients send decoder bombs: does serving keep its throughput?
+
+    python benchmarks/serve_hostile.py [--seconds 30] [--attackers 10] [--concurrency 8]
+
+It trains and promotes a small digits model, serves it with `lensops serve`'s application, and
+measures normal digit requests at `--concurrency` for `--seconds`, twice in one run:
+
+1. alone (the baseline);
+2. while `--attackers` clients send hostile uploads in a loop, in turn: an 8,000-page TIFF of
+   1x1 pages, a progressive JPEG of 100,000 scans, a PNG bomb (20,000 x 20,000 in a few KB), a
+   6,000 x 6,000 RGBA PNG (36 MP: under the pixel limit, a real decode), and a progressive JPEG
+   within the scan limit whose decode outlasts `serve.decode_timeout_s` when `--slow-jpeg` is
+   large enough.
+
+It prints the normal requests/s of both rounds and their ratio (the aim: at least 0.8), and for
+the hostile uploads their statuses, whether every answer was JSON, and the slowest answer
+against `serve.request_timeout_s`.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def hostile_files(slow_jpeg_size: int) -> dict[str, bytes]:
+    import io
+
+    from PIL import Image
+
+    from tests.hostile import flat_png, many_page_tiff, many_scan_jpeg
+    from tests.imagefactory import png_bomb
+
+    slow = io.BytesIO()  # a big progressive photo-like JPEG: many blocks per scan, under the scan limit
+    Image.effect_noise((slow_jpeg_size, slow_jpeg_size), 60).convert("RGB").save(
+        slow, format="JPEG", progressive=True, quality=95
+    )
+    return {
+        "pages.tif": many_page_tiff(8000),
+        "scans.jpg": many_scan_jpeg(copies=100_000),
+        "bomb.png": png_bomb(),
+        "big.png": flat_png(6000, 6000, "RGBA"),
+        "slow.jpg": slow.getvalue(),
+    }
+
+
+def normal_load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        session, i = requests.Session(), k
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            status = session.post(f"{url}/predict", data=bodies[i % len(bodies)], timeout=60).status_code
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                statuses[status] += 1
+            i += concurrency
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    wall = time.perf_counter() - started
+    return {
+        "rps": statuses[200] / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "statuses": dict(statuses),
+    }
+
+
+def attack(
+    url: str, files: dict[str, bytes], attackers: int, stop: threading.Event
+) -> list[tuple[str, int, bool, float]]:
+    outcomes: list[tuple[str, int, bool, float]] = []
+    lock = threading.Lock()
+    names = list(files)
+
+    def attacker(k: int) -> None:
+        session, i = requests.Session(), k
+        while not stop.is_set():
+            name = names[i % len(names)]
+            started = time.perf_counter()
+            try:
+                answer = session.post(f"{url}/predict", data=files[name], timeout=120)
+                status, is_json = (
+                    answer.status_code,
+                    answer.headers.get("content-type", "").startswith("application/json"),
+                )
+            except requests.RequestException:
+                status, is_json = 0, False
+            with lock:
+                outcomes.append((name, status, is_json, time.perf_counter() - started))
+            i += 1
+
+    threads = [threading.Thread(target=attacker, args=(k,), daemon=True) for k in range(attackers)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(timeout=180)
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--attackers", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--slow-jpeg", type=int, default=4000, help="side of the big progressive JPEG")
+    parser.add_argument("-S", "--set", action="append", default=[], help="params override")
+    args = parser.parse_args()
+
+    from data.digits import write_digits
+    from data.prepare import prepare_dataset
+    from lensops.core.settings import load_settings
+    from serving.server import start, stop
+    from training.promotion import promote
+    from training.train import train
+
+    root = Path(tempfile.mkdtemp(prefix="lensops-hostile-bench-"))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        shutil.copy(REPO / "params.yaml", root / "params.yaml")
+        write_digits(root / "data" / "raw", size=32)
+        overrides = ["train.epochs=1", "registry.model_name=bench", "registry.experiment=bench", *args.set]
+        settings = load_settings(root / "params.yaml", overrides)
+        prepare_dataset(settings, progress=False)
+        train(settings, progress=False)
+        promote(settings, reason="benchmark", force=True)
+        bodies = [p.read_bytes() for p in sorted((root / "data" / "raw").rglob("*.png"))[:200]]
+        files = hostile_files(args.slow_jpeg)
+        url, started_ray = start(settings, port=free_port())
+        _wait(url)
+        normal_load(url, bodies, args.concurrency, 5)  # warm-up
+        alone = normal_load(url, bodies, args.concurrency, args.seconds)
+        halt = threading.Event()
+        outcomes: list = []
+        attackers = threading.Thread(target=lambda: outcomes.extend(attack(url, files, args.attackers, halt)))
+        attackers.start()
+        time.sleep(2)
+        attacked = normal_load(url, bodies, args.concurrency, args.seconds)
+        halt.set()
+        attackers.join()
+        healthy = requests.get(f"{url}/healthz", timeout=10).status_code
+        stop(started_ray)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    timeout = settings.serve.request_timeout_s
+    print(f"\nnormal traffic, concurrency {args.concurrency}, {args.seconds:g} s per round")
+    print(f"  alone:              {alone['rps']:7.1f} req/s  p50 {alone['p50_ms']:6.1f} ms  {alone['statuses']}")
+    print(f"  with {args.attackers} attackers:  {attacked['rps']:7.1f} req/s  p50 {attacked['p50_ms']:6.1f} ms  "
+          f"{attacked['statuses']}")  # fmt: skip
+    print(f"  ratio: {attacked['rps'] / alone['rps']:.2f} (aim: at least 0.8)")
+    print(f"hostile uploads: {len(outcomes)}; /healthz afterwards: {healthy}")
+    for name in files:
+        mine = [o for o in outcomes if o[0] == name]
+        if mine:
+            statuses = dict(Counter(o[1] for o in mine))
+            slowest = max(o[3] for o in mine)
+            print(f"  {name:<10} {len(mine):>5} sent  statuses {statuses}  all JSON: {all(o[2] for o in mine)}  "
+                  f"slowest {slowest:.2f} s (request timeout {timeout:g} s)")  # fmt: skip
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+if __name__ == "__main__":
+    main()
