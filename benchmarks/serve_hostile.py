@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--attackers", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--slow-jpeg", type=int, default=4000, help="side of the big progressive JPEG")
+    parser.add_argument("--slow-jpeg", type=int, default=3000, help="side of the big progressive JPEG")
     parser.add_argument("-S", "--set", action="append", default=[], help="params override")
     args = parser.parse_args()
 

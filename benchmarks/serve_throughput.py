@@ -49,16 +49,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time used so far by each process on this machine, by name (Ray names its actors' processes)."""
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU time used so far by each process on this machine: pid -> (name, seconds). Ray names its
+    actors' processes, and renames them while they run a method (`ray::ProxyActor.receive_...`), so
+    the name is cut at the method."""
     import psutil
 
-    used: dict[str, float] = {}
+    used: dict[int, tuple[str, float]] = {}
     for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        name = " ".join(p.info["cmdline"] or [])[:48] or p.info["name"] or "?"
+        name = " ".join(p.info["cmdline"] or [])[:48].strip() or p.info["name"] or "?"
+        if name.startswith("ray::"):
+            name = name.split(".")[0].split()[0]
         if p.info["cpu_times"] is not None:
-            used[name] = used.get(name, 0.0) + p.info["cpu_times"].user + p.info["cpu_times"].system
+            used[p.pid] = (name, p.info["cpu_times"].user + p.info["cpu_times"].system)
     return used
+
+
+def cpu_ms_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], n: int):
+    """Per process name, the CPU milliseconds spent per request between two `cpu_seconds()` calls
+    (a process that started in between counts from zero)."""
+    spent: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        spent[name] = spent.get(name, 0.0) + 1000 * (seconds - before.get(pid, (name, 0.0))[1]) / n
+    return spent
 
 
 def load(url: str, bodies: list[bytes], concurrency: int, n: int, per_request: int = 1) -> dict[str, float]:
@@ -87,13 +100,13 @@ def load(url: str, bodies: list[bytes], concurrency: int, n: int, per_request: i
         latencies = sorted(pool.map(one, range(n)))
     wall = time.perf_counter() - started
     after = cpu_seconds()
-    per_request = {k: 1000 * (v - before.get(k, 0.0)) / n for k, v in after.items()}
+    cpu_ms = cpu_ms_per_request(before, after, n)
     return {
         "rps": n / wall,
         "images_per_s": n * per_request / wall,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-        "cpu_ms": {k: v for k, v in sorted(per_request.items(), key=lambda kv: -kv[1]) if v >= 0.2},
+        "cpu_ms": {k: v for k, v in sorted(cpu_ms.items(), key=lambda kv: -kv[1]) if v >= 0.2},
     }
 
 

@@ -48,10 +48,11 @@ def image_stats(rgb: Image.Image) -> dict[str, float]:
     Computed on the upright RGB image (after `to_rgb`), before any resize, the same way for the
     training baseline and for production.
     """
-    grey = np.asarray(rgb.convert("L"), dtype=np.float64)
-    return {
-        "width": rgb.width,
-        "height": rgb.height,
-        "brightness": float(grey.mean()),
-        "contrast": float(grey.std()),
-    }
+    # From the grey histogram (Pillow, in C): the same mean and standard deviation as over the
+    # pixels, without a float copy of the image (a 36 MP upload took 6.7 s that way, 0.1 s this way).
+    counts = np.asarray(rgb.convert("L").histogram(), dtype=np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    n = counts.sum()
+    mean = float((counts * levels).sum() / n)
+    variance = float((counts * (levels - mean) ** 2).sum() / n)
+    return {"width": rgb.width, "height": rgb.height, "brightness": mean, "contrast": variance**0.5}

@@ -85,6 +85,7 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
         batch_wait_ms=s.batch_wait_ms,
         max_batch_files=s.max_batch_files,
         max_images_in_flight=s.max_images_in_flight,
+        preprocess_chunk=max(4, -(-s.max_batch_size // s.preprocess_replicas)),  # a share per replica
     )
 
 

@@ -8,8 +8,11 @@ the HTTP edges (bodies under a byte cap, JSON errors with a request id, the key,
 in `serving.http`. Every answer is counted in /metrics by route and status.
 
 Concurrent requests are gathered with `@serve.batch` and go on together: one call to
-preprocessing per 8 images and one to the model per batch, instead of two calls per request
-(see benchmarks/README.md for what a request costs). Admission counts images, not requests: a
+preprocessing per replica's share of the batch and one to the model per batch, instead of two
+calls per request (see benchmarks/README.md for what a request costs). The batching adapts: a
+batch closes as soon as every request the ingress has admitted has joined it, so a lone request
+never waits out `serve.batch_wait_ms`, and under load the batch waits (at most that long) for the
+requests whose bodies are still arriving. Admission counts images, not requests: a
 `/predict/batch` of 32 files takes 32 of `serve.max_images_in_flight`. Every 200 answer goes to
 `lensops.core.capture.AnswerLog`: a production-log record with the image's sha256, and for the
 images the capture policy picks (low score, novel embedding, statistic outside the training
@@ -34,7 +37,6 @@ from .http import ClientError, authorised, error_response, int_parameter, read_i
 
 log = logging.getLogger("lensops.serving")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-PREPROCESS_CHUNK = 8  # images per call to a preprocessing replica
 IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
 
 
@@ -72,15 +74,17 @@ class Ingress:
         batch_wait_ms: float,
         max_batch_files: int = 64,
         max_images_in_flight: int = 128,
+        preprocess_chunk: int = 32,
     ):
         from pathlib import Path
 
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
         from data.novelty import outside
-        from lensops.core.capture import AnswerLog, AnswerLogCollector
+        from lensops.core.capture import AnswerLog
 
-        self.preprocess, self.model = preprocess, model
+        self.preprocess, self.model, self.preprocess_chunk = preprocess, model, preprocess_chunk
+        self.max_batch_size = max_batch_size
+        self.arriving = 0  # images admitted whose bodies are still being read
+        self.queued = 0  # images waiting for the next batch
         self._answer.set_max_batch_size(max_batch_size)
         self._answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.max_body_bytes, self.timeout, self.top_k, self.api_key = max_body_bytes, request_timeout_s, top_k, api_key
@@ -93,16 +97,7 @@ class Ingress:
         self.outside = outside  # whether an image statistic is outside the training range
         self._info: dict[str, Any] | None = None
         self._info_at = 0.0
-        self.metrics = CollectorRegistry()
-        self.requests = Counter("lensops_requests", "HTTP requests", ["route", "status"], registry=self.metrics)
-        self.latency = Histogram("lensops_request_seconds", "request latency", ["route"], registry=self.metrics)
-        self.batch_sizes = Histogram(
-            "lensops_model_batch_size", "requests per model batch", buckets=BATCH_BUCKETS, registry=self.metrics
-        )
-        self.served_version = Gauge(
-            "lensops_model_version", "model version that answered last", ["name"], registry=self.metrics
-        )
-        self.metrics.register(AnswerLogCollector(self.answers))
+        self._metrics()
         self.routes = {
             "/predict": self.predict,
             "/predict/batch": self.predict_batch,
@@ -112,6 +107,24 @@ class Ingress:
             "/openapi.json": self.openapi,
             "/docs": self.docs,
         }
+
+    def _metrics(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        from lensops.core.capture import AnswerLogCollector
+
+        self.metrics = CollectorRegistry()
+        self.requests = Counter("lensops_requests", "HTTP requests", ["route", "status"], registry=self.metrics)
+        self.latency = Histogram("lensops_request_seconds", "request latency", ["route"], registry=self.metrics)
+        self.batch_sizes = Histogram(
+            "lensops_model_batch_size", "requests per model batch", buckets=BATCH_BUCKETS, registry=self.metrics
+        )
+        self.served_version = Gauge(
+            "lensops_model_version", "model version that answered last", ["name"], registry=self.metrics
+        )
+        in_flight = Gauge("lensops_images_in_flight", "images admitted and not yet answered", registry=self.metrics)
+        in_flight.set_function(lambda: self.images_in_flight)
+        self.metrics.register(AnswerLogCollector(self.answers))
 
     async def __call__(self, request: Request) -> Response:
         """Route, answer, count. A client error is its JSON 4xx; anything else a JSON 500 naming the request."""
@@ -151,7 +164,7 @@ class Ingress:
             raise ClientError(
                 413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
             )
-        answer = await self._answer(body)
+        answer = await self._batched(body)
         if "error" in answer:
             raise ClientError(**answer["error"])
         probabilities, classes = answer["probabilities"], answer["classes"]
@@ -185,6 +198,14 @@ class Ingress:
             "predictions": predictions,
         }
 
+    async def _batched(self, body: bytes) -> dict[str, Any]:
+        """Into the next batch, which closes once it holds every image admitted so far (or is full,
+        or `serve.batch_wait_ms` passed): a batch waits only for requests that are coming."""
+        self.queued += 1
+        coming = self.queued + self.arriving
+        self._answer.set_max_batch_size(max(1, min(self.max_batch_size, coming)))
+        return await self._answer(body)
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _answer(self, bodies: list[bytes]) -> list[dict[str, Any]]:
         """Concurrent requests, preprocessed and predicted together: two calls per batch, not two per request.
@@ -192,6 +213,7 @@ class Ingress:
         Returns, per body, the model's answer with the image stats, or `{"error": ...}` for a body
         the client must fix. One bad image never fails the others of its batch.
         """
+        self.queued -= len(bodies)
         answers: list[dict[str, Any]] = [{} for _ in bodies]
         pending = list(range(len(bodies)))
         for attempt in range(3):  # a version switch between preprocessing and the model: redo with the new spec
@@ -230,7 +252,8 @@ class Ingress:
 
     async def _preprocessed(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
         """The batch in chunks, so that several (or autoscaled) preprocessing replicas share it; in order."""
-        chunks = [bodies[i : i + PREPROCESS_CHUNK] for i in range(0, len(bodies), PREPROCESS_CHUNK)]
+        size = self.preprocess_chunk
+        chunks = [bodies[i : i + size] for i in range(0, len(bodies), size)]
         parts = await asyncio.gather(*(self.preprocess.remote(chunk, spec) for chunk in chunks))
         return [item for part in parts for item in part]
 
@@ -255,8 +278,12 @@ class Ingress:
 
         async def work():
             self._admit(1)
+            self.arriving += 1
             try:
-                (_, body), *rest = await self._body(request, max_files=1)
+                try:
+                    (_, body), *rest = await self._body(request, max_files=1)
+                finally:
+                    self.arriving -= 1
                 if rest:
                     detail = "one image per /predict request; use /predict/batch for several"
                     raise ClientError(400, "bad_parameter", detail)

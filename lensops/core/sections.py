@@ -246,8 +246,13 @@ class ServeSettings(Section):
     max_batch_size: int = Field(32, ge=1, description="requests the ingress gathers into one batch")
     batch_wait_ms: float = Field(10.0, ge=0, description="how long the ingress waits for a batch to fill")
     request_timeout_s: float = Field(10.0, gt=0)
-    max_ongoing_requests: int = Field(64, ge=1, description="per ingress replica")
-    max_queued_requests: int = Field(64, ge=1, description="beyond this, requests get 503 at once")
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description="requests one ingress replica takes at once; above max_images_in_flight, so that"
+        " overload is answered by lensops's JSON 503 before Ray's proxy queues",
+    )
+    max_queued_requests: int = Field(64, ge=1, description="waiting in Ray's proxy beyond that: its own 503 at once")
     max_images_in_flight: int = Field(128, ge=1, description="images (a batch counts each) answered at once; 503 past")
     max_batch_files: int = Field(64, ge=1, description="files one /predict/batch request may carry")
     alias_poll_seconds: float = Field(2.0, gt=0, description="how often the served alias is re-resolved")
