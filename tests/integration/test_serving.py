@@ -463,9 +463,7 @@ def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
     settings, url = served
     test, raw = _test_images(settings, 1)
     image = (raw / test.path.iloc[0]).read_bytes()
-    tight = settings.updated(
-        {"serve.max_images_in_flight": 1, "serve.batch_wait_ms": 300}
-    )
+    tight = settings.updated({"serve.max_images_in_flight": 1, "serve.batch_wait_ms": 300})
     serve.run(build_app(tight), name="lensops", route_prefix="/", blocking=False)
     try:
         _wait_healthy(url)
