@@ -7,18 +7,19 @@ app of five routes does not need it. The OpenAPI document is written out in `ser
 the HTTP edges (bodies under a byte cap, JSON errors with a request id, the key, parameters) are
 in `serving.http`. Every answer is counted in /metrics by route and status.
 
-Concurrent requests are gathered with `@serve.batch` and go on together: one call to
-preprocessing per replica's share of the batch and one to the model per batch, instead of two
-calls per request (see benchmarks/README.md for what a request costs). The batching adapts: a
-batch closes as soon as every request the ingress has admitted has joined it, so a lone request
-never waits out `serve.batch_wait_ms`, and under load the batch waits (at most that long) for the
-requests whose bodies are still arriving. Admission counts images, not requests: a
-`/predict/batch` of 32 files takes 32 of `serve.max_images_in_flight`. Every 200 answer goes to
-`lensops.core.capture.AnswerLog`: a production-log record with the image's sha256, and for the
-images the capture policy picks (low score, novel embedding, statistic outside the training
-range, a random sample), the bytes as received in the capture store, written off the answer's
-path before the record that points to them. Neither ever fails or delays an answer; their
-failures are counted in /metrics.
+Each upload is preprocessed on its own (one call to a preprocessing replica), so an upload whose
+decode runs to its deadline holds up no other request; the preprocessed images are gathered with
+`@serve.batch` and go to the model together, one call per batch (see benchmarks/README.md for
+what a request costs). The batching adapts: a batch closes as soon as every image the ingress
+has admitted has joined it, so a lone request never waits out `serve.batch_wait_ms`, and under
+load the batch waits (at most that long) for the images still being read or preprocessed.
+
+Admission counts images, not requests: a `/predict/batch` of 32 files takes 32 of
+`serve.max_images_in_flight`. Every 200 answer goes to `lensops.core.capture.AnswerLog`: a
+production-log record with the image's sha256, and for the images the capture policy picks (low
+score, novel embedding, statistic outside the training range, a random sample), the bytes as
+received in the capture store, written off the answer's path before the record that points to
+them. Neither ever fails or delays an answer; their failures are counted in /metrics.
 """
 
 import asyncio
@@ -83,8 +84,7 @@ class Ingress:
 
         self.preprocess, self.model, self.preprocess_chunk = preprocess, model, preprocess_chunk
         self.max_batch_size = max_batch_size
-        self.arriving = 0  # images admitted whose bodies are still being read
-        self.queued = 0  # images waiting for the next batch
+        self.in_batch = 0  # images inside a running batch (the rest of those in flight are coming)
         self._answer.set_max_batch_size(max_batch_size)
         self._answer.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.max_body_bytes, self.timeout, self.top_k, self.api_key = max_body_bytes, request_timeout_s, top_k, api_key
@@ -159,12 +159,14 @@ class Ingress:
             raise ClientError(503, "overloaded", detail + "; retry shortly")
         self.images_in_flight += n
 
-    async def _predict_one(self, body: bytes, top_k: int, request_id: str | None = None) -> dict[str, Any]:
+    async def _predict_one(
+        self, body: bytes, top_k: int, request_id: str | None = None, prepared: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if len(body) > self.max_body_bytes:
             raise ClientError(
                 413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
             )
-        answer = await self._batched(body)
+        answer = await self._batched(body, prepared)
         if "error" in answer:
             raise ClientError(**answer["error"])
         probabilities, classes = answer["probabilities"], answer["classes"]
@@ -198,39 +200,56 @@ class Ingress:
             "predictions": predictions,
         }
 
-    async def _batched(self, body: bytes) -> dict[str, Any]:
-        """Into the next batch, which closes once it holds every image admitted so far (or is full,
-        or `serve.batch_wait_ms` passed): a batch waits only for requests that are coming."""
-        self.queued += 1
-        coming = self.queued + self.arriving
+    async def _batched(self, body: bytes, item: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Preprocessed alone, so that a slow upload (a decode running to its deadline) holds up no
+        other request; then into the next model batch, which closes once it holds every image
+        admitted and not yet in a batch (or is full, or `serve.batch_wait_ms` passed)."""
+        if item is None:
+            info = await self._model_info()
+            (item,) = await self.preprocess.remote([body], info["preprocessing"])
+        if "error" in item:
+            return item
+        coming = self.images_in_flight - self.in_batch
         self._answer.set_max_batch_size(max(1, min(self.max_batch_size, coming)))
-        return await self._answer(body)
+        return await self._answer((body, item))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _answer(self, bodies: list[bytes]) -> list[dict[str, Any]]:
-        """Concurrent requests, preprocessed and predicted together: two calls per batch, not two per request.
+    async def _answer(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Preprocessed images predicted together: one call to the model per batch.
 
-        Returns, per body, the model's answer with the image stats, or `{"error": ...}` for a body
+        Returns, per image, the model's answer with the image stats, or `{"error": ...}` for one
         the client must fix. One bad image never fails the others of its batch.
         """
-        self.queued -= len(bodies)
+        self.in_batch += len(items)
+        try:
+            return await self._predict_batch(items)
+        finally:
+            self.in_batch -= len(items)
+
+    async def _predict_batch(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The model's answers for a batch. Images preprocessed with another version's spec (the
+        alias moved meanwhile) are preprocessed again with the served one's."""
+        bodies, prepared = [body for body, _ in items], [item for _, item in items]
         answers: list[dict[str, Any]] = [{} for _ in bodies]
         pending = list(range(len(bodies)))
-        for attempt in range(3):  # a version switch between preprocessing and the model: redo with the new spec
+        for attempt in range(4):
             info = await self._model_info(refresh=attempt > 0)
-            prepared = await self._preprocessed([bodies[i] for i in pending], info["preprocessing"])
-            ready = []
-            for i, item in zip(pending, prepared, strict=True):
-                if "error" in item:
-                    answers[i] = item
-                else:
-                    ready.append((i, item))
+            if attempt:
+                again = await self._preprocessed([bodies[i] for i in pending], info["preprocessing"])
+                for i, item in zip(pending, again, strict=True):
+                    prepared[i] = item
+            for i in pending:
+                if "error" in prepared[i]:
+                    answers[i] = prepared[i]
+            ready = [(i, prepared[i]) for i in pending if "error" not in prepared[i]]
             if not ready:
                 return answers
-            images = np.stack([item["tensor"] for _, item in ready])
-            result = await self.model.predict.remote((images, ready[0][1]["key"]))
+            key = ready[0][1]["key"]
+            later = [i for i, item in ready if item["key"] != key]
+            ready = [(i, item) for i, item in ready if item["key"] == key]
+            result = await self.model.predict.remote((np.stack([item["tensor"] for _, item in ready]), key))
             if result.get("stale"):
-                pending = [i for i, _ in ready]
+                pending = [i for i, _ in ready] + later
                 continue
             self.batch_sizes.observe(result["batch_size"])
             for row, (i, item) in enumerate(ready):
@@ -244,7 +263,9 @@ class Ingress:
                     "stat_ranges": info.get("stat_ranges") or {},
                     **{stat: item[stat] for stat in IMAGE_STATS},
                 }
-            return answers
+            if not later:
+                return answers
+            pending = later
         switching = {"status": 503, "code": "model_switching", "detail": "the served model is being replaced; retry"}
         for i in pending:
             answers[i] = {"error": switching}
@@ -278,12 +299,8 @@ class Ingress:
 
         async def work():
             self._admit(1)
-            self.arriving += 1
             try:
-                try:
-                    (_, body), *rest = await self._body(request, max_files=1)
-                finally:
-                    self.arriving -= 1
+                (_, body), *rest = await self._body(request, max_files=1)
                 if rest:
                     detail = "one image per /predict request; use /predict/batch for several"
                     raise ClientError(400, "bad_parameter", detail)
@@ -298,9 +315,9 @@ class Ingress:
         self._authorise(request)
         top_k = int_parameter(request, "top_k", self.top_k, 1, 1000)
 
-        async def one(name: str, body: bytes) -> dict[str, Any]:
+        async def one(name: str, body: bytes, item: dict[str, Any]) -> dict[str, Any]:
             try:
-                return {"file": name, "status": 200, **(await self._predict_one(body, top_k))}
+                return {"file": name, "status": 200, **(await self._predict_one(body, top_k, prepared=item))}
             except ClientError as e:
                 return {"file": name, "status": e.status, "error": e.code, "detail": e.detail}
 
@@ -308,7 +325,11 @@ class Ingress:
             files = await self._body(request, max_files=self.max_batch_files)
             self._admit(len(files))
             try:
-                return {"results": list(await asyncio.gather(*(one(n, b) for n, b in files)))}
+                # One request's files are preprocessed together (a share per replica), then batched.
+                info = await self._model_info()
+                items = await self._preprocessed([body for _, body in files], info["preprocessing"])
+                answers = await asyncio.gather(*(one(n, b, i) for (n, b), i in zip(files, items, strict=True)))
+                return {"results": list(answers)}
             finally:
                 self.images_in_flight -= len(files)
 
