@@ -159,7 +159,7 @@ def tune(settings: Settings, *, progress: bool = True) -> TuneResult:
         client.set_terminated(parent_id, status="FAILED")
         errors = [str(r.error)[:300] for r in grid if r.error]
         raise TrainingError("no trial reported a result" + (f"; first error: {errors[0]}" if errors else ""))
-    _close_stopped_trials(client, parent_id, experiment_id)
+    _settle_trial_runs(client, parent_id, experiment_id, trials, settings.tune.max_epochs)
     result = _best(grid, trials, list(space), parent_id)
     _log_outcome(client, result, grid)
     return result
@@ -262,14 +262,25 @@ def _trial_table(grid, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(OBJECTIVE, ascending=False, na_position="last", ignore_index=True)
 
 
-def _close_stopped_trials(client, parent_id: str, experiment_id: str) -> None:
-    """Trials that ASHA stopped never end their MLflow run themselves: end them, saying why."""
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
-    )
+def _settle_trial_runs(client, parent_id: str, experiment_id: str, trials: pd.DataFrame, max_epochs: int) -> None:
+    """End every trial's MLflow run as Tune saw the trial end.
+
+    Tune ends a trial by stopping its process, both when ASHA cuts it and when it reaches
+    max_epochs, so the run may still read RUNNING, or FAILED where the stop interrupted Ray Train
+    first. A trial Tune recorded no error for did not fail: short of max_epochs, ASHA stopped it.
+    """
+    outcome = {str(row.trial): row for row in trials.itertuples()}
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     for run in children:
-        client.set_tag(run.info.run_id, T.TUNE_STOPPED_BY, "ASHA")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        run_id, trial = run.info.run_id, outcome.get(run.data.tags.get(T.TUNE_TRIAL_ID, ""))
+        if run.info.status == "FINISHED" or (trial is not None and trial.error):
+            continue
+        if trial is not None and trial.epochs >= max_epochs:
+            client.set_terminated(run_id, status="FINISHED")
+            continue
+        if trial is not None:
+            client.set_tag(run_id, T.TUNE_STOPPED_BY, "ASHA")
+        client.set_terminated(run_id, status="KILLED")
 
 
 def _plot_trials(grid, path: Path) -> Path:
