@@ -58,7 +58,7 @@ def _data_size() -> int:
     raise OSError("no VmData in /proc/self/status")
 
 
-def _start_worker(memory_bytes: int, quiet: bool) -> None:
+def _start_worker(memory_bytes: int, quiet: bool, nice: int = 0) -> None:
     """Runs in each new worker: cap its private memory at what it has now plus the budget.
 
     The cap is `RLIMIT_DATA`, which (Linux 4.7 and later) counts the heap, anonymous mappings
@@ -72,6 +72,8 @@ def _start_worker(memory_bytes: int, quiet: bool) -> None:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
+    if nice:  # a lower CPU priority: this worker's decodes run on what the rest leaves over
+        os.nice(nice)
     if quiet:  # C decoders (libtiff) print their complaints about hostile files; the rejection says enough
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
@@ -100,6 +102,7 @@ class DecoderPool:
         max_tasks: int = DEFAULT_MAX_TASKS,
         quiet: bool = True,
         preload: list[str] | None = None,
+        nice: int = 0,
     ):
         """`preload`: modules the forkserver imports once for every worker (default: the caller's
         `__main__` and the validation's inspection code; a serving replica, whose `__main__` is
@@ -116,7 +119,7 @@ class DecoderPool:
             max_workers=self.workers,
             max_tasks=max_tasks,
             initializer=_start_worker,
-            initargs=(memory_mb * 2**20, quiet),
+            initargs=(memory_mb * 2**20, quiet, nice),
             context=context,
         )
 

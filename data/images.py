@@ -38,7 +38,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -217,6 +217,32 @@ def check_scans(data: bytes, header: Header, limits: ImageLimits) -> None:
             f"{scans:,} JPEG scans (progressive passes, each a full decode); the limit is {limits.max_scans:,}",
             header,
         )
+
+
+def light_enough(data: bytes, limits: ImageLimits, light: ImageLimits) -> bool:
+    """Whether the header promises a quick decode: within `light`'s pixels, frames and scans.
+
+    Reads the header only, counting frames no further than `light.max_frames`. Raises
+    `ImageRejected` where the header alone already breaks `limits` (a bomb is refused here,
+    cheaply, wherever it would have been decoded).
+    """
+    if len(data) > limits.max_bytes or not data:
+        return True  # decode_image names the problem at once
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = _open(data, limits)
+            header = read_header(image, replace(limits, max_frames=light.max_frames))
+        except ImageRejected as e:
+            if e.header is not None and e.header.frames > light.max_frames:
+                return False
+            raise
+        except Exception:
+            return True  # a header Pillow cannot read: decode_image reports it
+    if header.format == "JPEG" and data.count(b"\xff\xda") > light.max_scans:
+        check_scans(data, header, limits)
+        return False
+    return header.pixels <= light.max_pixels
 
 
 def _load(image: Image.Image, header: Header, all_frames: bool, target_size: tuple[int, int] | None) -> None:

@@ -32,6 +32,7 @@ from .images import (
     ImageLimits,
     ImageRejected,
     decode_image,
+    light_enough,
     to_rgb,
 )
 from .pixels import image_stats, resize
@@ -63,13 +64,21 @@ def read_upload(
     return decode_image(body, limits, target_size=target_size)
 
 
-def prepare_upload(body: bytes, limits: ImageLimits, spec: PreprocessingSpec) -> dict[str, Any]:
+class TooHeavy(Exception):
+    """The upload's header promises more work than the light lane takes: decode it in the heavy lane."""
+
+
+def prepare_upload(
+    body: bytes, limits: ImageLimits, spec: PreprocessingSpec, light: ImageLimits | None = None
+) -> dict[str, Any]:
     """Untrusted bytes -> the spec's resized upright RGB pixels (uint8, HWC) and the image stats.
 
     The whole of an upload's image work, torch-free, so it runs in a decoding worker and only
     `size x size x 3` bytes travel back; the caller normalises (`data.pixels.normalize`).
     Raises `ImageRejected` for bytes that are not an acceptable image, whatever they are.
     """
+    if light is not None and not light_enough(body, limits, light):
+        raise TooHeavy()
     decoded = decode_image(body, limits)
     try:
         rgb = to_rgb(decoded.image)

@@ -5,7 +5,10 @@ spec's resize, the image stats) runs in a `data.decoder_pool.DecoderPool` worker
 `serve.decode_timeout_s` and `serve.decoder_memory_mb`: a TIFF of thousands of pages, a JPEG of
 thousands of scans or a decoder crash costs one worker, which is killed and replaced, and the
 upload gets a 422; the replica keeps answering. The replica is async, so while one decode runs
-long the others go on in the other workers. Only the resized image comes back; the replica
+long the others go on in the other workers. An upload whose header alone promises a long decode
+(over 4 MP, 16 frames or 12 JPEG scans: `data.images.light_enough`, headers only) is decoded by a
+separate worker at the lowest CPU priority instead, so normal traffic never queues behind it;
+what that lane cannot finish in time gets the ingress's JSON 408. Only the resized image comes back; the replica
 normalises it with the spec (the same `data.pixels.normalize` evaluation uses). A batch arrives
 in chunks, spread over the replicas.
 """
@@ -24,6 +27,10 @@ from .model import spec_key
 
 # What each decoding worker imports once, through the forkserver (not the replica's `__main__`).
 WORKER_PRELOAD = ["data.upload"]
+# The light lane's limits: above any of them an upload is decoded in the heavy lane.
+LIGHT_PIXELS = 4_000_000
+LIGHT_FRAMES = 16
+LIGHT_SCANS = 12
 
 
 @serve.deployment
@@ -40,20 +47,38 @@ class Preprocess:
             max_tasks=decode.get("max_tasks", 10_000),
             preload=WORKER_PRELOAD,
         )
+        # Uploads whose header promises a long decode (many pixels, frames or JPEG scans) go to a
+        # separate worker at the lowest CPU priority, so the small images of normal traffic never
+        # queue behind them; what its queue cannot finish in time is answered by the ingress's 408.
+        self.light = ImageLimits.of(max_pixels=LIGHT_PIXELS, max_frames=LIGHT_FRAMES, max_scans=LIGHT_SCANS)
+        self.heavy = DecoderPool(
+            workers=1,
+            timeout_s=decode["timeout_s"],
+            memory_mb=decode["memory_mb"],
+            max_tasks=decode.get("max_tasks", 10_000),
+            preload=WORKER_PRELOAD,
+            nice=19,
+        )
         self._specs: dict[str, tuple[PreprocessingSpec, str]] = {}  # the spec as sent -> parsed, key
 
     async def __call__(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
         """One result per body: the tensor and image stats, or the client error it deserves."""
-        from data.upload import prepare_upload
 
         cache = json.dumps(spec, sort_keys=True)
         if cache not in self._specs:
             parsed = PreprocessingSpec.model_validate(spec)
             self._specs[cache] = (parsed, spec_key(parsed))
         parsed, key = self._specs[cache]
-        futures = [asyncio.wrap_future(self.pool.submit(prepare_upload, body, self.limits, parsed)) for body in bodies]
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._prepare(body, parsed) for body in bodies), return_exceptions=True)
         return [self._result(outcome, parsed, key) for outcome in outcomes]
+
+    async def _prepare(self, body: bytes, spec: PreprocessingSpec) -> dict[str, Any]:
+        from data.upload import TooHeavy, prepare_upload
+
+        try:
+            return await asyncio.wrap_future(self.pool.submit(prepare_upload, body, self.limits, spec, self.light))
+        except TooHeavy:
+            return await asyncio.wrap_future(self.heavy.submit(prepare_upload, body, self.limits, spec))
 
     def healthy(self) -> bool:
         return True
@@ -72,6 +97,7 @@ class Preprocess:
         return {"tensor": normalize(outcome["pixels"], spec), "key": key, **stats}
 
     def __del__(self):
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.close()
+        for name in ("pool", "heavy"):
+            pool = getattr(self, name, None)
+            if pool is not None:
+                pool.close()

@@ -142,6 +142,38 @@ def test_serving_workers_decode_torch_free_and_a_runaway_decode_costs_one_worker
         assert pool.submit(prepare_upload, JPEG, lenient, spec).result()["width"] == 64  # the replacement works
 
 
+def test_the_light_lane_passes_small_images_on_and_names_the_heavy_ones_from_their_headers():
+    from data.images import light_enough
+    from data.upload import TooHeavy, prepare_upload
+    from serving.preprocess import LIGHT_FRAMES, LIGHT_PIXELS, LIGHT_SCANS
+    from tests.hostile import flat_png, many_page_tiff, many_scan_jpeg
+
+    limits, spec = ImageLimits(), PreprocessingSpec(size=16)
+    light = ImageLimits.of(max_pixels=LIGHT_PIXELS, max_frames=LIGHT_FRAMES, max_scans=LIGHT_SCANS)
+    progressive = io.BytesIO()
+    Image.effect_noise((400, 400), 60).convert("RGB").save(progressive, format="JPEG", progressive=True)
+    assert light_enough(PNG, limits, light) and light_enough(JPEG, limits, light)
+    assert light_enough(progressive.getvalue(), limits, light)  # an ordinary progressive JPEG: about 10 scans
+    assert not light_enough(flat_png(2100, 2000), limits, light)  # 4.2 MP
+    assert not light_enough(many_page_tiff(8000), limits, light)  # frames counted only up to the lane's limit
+    assert not light_enough(many_scan_jpeg(size=64, copies=50), limits, light)  # within max_scans, over the lane's
+    with pytest.raises(UploadRejected, match="JPEG scans") as rejected:  # over the real limit: refused here
+        light_enough(many_scan_jpeg(size=64, copies=1_000), limits, light)
+    assert rejected.value.status == 422
+    with pytest.raises(TooHeavy):
+        prepare_upload(flat_png(2100, 2000), limits, spec, light)
+    assert prepare_upload(PNG, limits, spec, light)["pixels"].shape == (16, 16, 3)
+
+
+def test_a_decoding_pool_can_run_its_workers_at_a_lower_priority():
+    import os
+
+    from data.decoder_pool import DecoderPool
+
+    with DecoderPool(workers=1, timeout_s=5, memory_mb=256, preload=[], nice=19) as pool:
+        assert pool.submit(os.nice, 0).result() == min(19, os.nice(0) + 19)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (300, 200, 3)])
 def test_image_stats_equal_the_pixels_mean_and_spread(shape):
     """The stats come from Pillow's grey histogram (a 36 MP upload costs 0.05 s, not seconds): the

@@ -244,7 +244,7 @@ def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
     from ray import serve
 
     from serving.app import build_app
-    from tests.hostile import many_page_tiff, many_scan_jpeg
+    from tests.hostile import flat_png, many_page_tiff, many_scan_jpeg
 
     settings, url = served
     test, raw = _test_images(settings, 1)
@@ -252,6 +252,8 @@ def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
     for body, words in ((many_page_tiff(8000), "more than 1,000 frames"), (many_scan_jpeg(), "JPEG scans")):
         answer = requests.post(f"{url}/predict", data=body, timeout=60)
         assert answer.status_code == 422 and words in answer.json()["detail"], answer.text
+    # Over the light lane's 4 MP: decoded by the heavy lane's low-priority worker, and answered.
+    assert requests.post(f"{url}/predict", data=flat_png(2100, 2000), timeout=60).status_code == 200
     lenient = settings.updated({"serve.max_scans": 10**6, "serve.decode_timeout_s": 0.3})
     serve.run(build_app(lenient), name="lensops", route_prefix="/", blocking=False)
     try:
