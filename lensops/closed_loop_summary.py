@@ -37,6 +37,7 @@ def summarize(loop: ClosedLoop, steps: list[Step], seconds: float) -> dict:
             results[f"drift_{'uncovered' if key == 'uncovered' else key}"] = {
                 **{k: drift[k] for k in DRIFT_KEYS},
                 "model_version": drift["model"]["version"],
+                "breakdown": _breakdown(drift),
             }
     retrained = loop.json("reports/retrain/retrain.json")
     results["retrained"] = bool(retrained and retrained.get("outcome") in ("promoted", "trained", "held"))
@@ -50,6 +51,20 @@ def summarize(loop: ClosedLoop, steps: list[Step], seconds: float) -> dict:
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _breakdown(drift: dict) -> dict:
+    """The flagged classes and clusters of a drift report, and its image grids."""
+    breakdown = drift.get("details", {}).get("breakdown")
+    if not breakdown:
+        return {}
+    classes = {c["label"]: c["novel_share"] for c in breakdown["classes"] if c["flagged"]}
+    clusters = {
+        str(c["cluster"]): {"production_share": c["production_share"], "baseline_share": c["baseline_share"],
+                            "labels": c["dominant_labels"]}
+        for c in breakdown["clusters"] if c["flagged"]
+    }  # fmt: skip
+    return {"classes": classes, "clusters": clusters, "grids": drift.get("grids", [])}
 
 
 def _slices(review: dict) -> dict:
@@ -127,6 +142,8 @@ def _lines(summary: dict) -> list[str]:
                       ("uncovered", "inverted")):  # fmt: skip
         if d := summary.get(f"drift_{key}"):
             lines.append(f"drift on {what} traffic (v{d['model_version']}): {d['verdict']}, novel share {d['score']}")
+            if (b := d.get("breakdown")) and (b.get("classes") or b.get("clusters")):
+                lines.append("  " + _explained(b))
     before, after = summary.get("accuracy_on_shifted_before"), summary.get("accuracy_on_shifted_after")
     if before is not None:
         after_text = f", {after:.4f} after (v{summary['promoted_version']})" if after is not None else ""
@@ -150,6 +167,20 @@ def _lines(summary: dict) -> list[str]:
         lines.append(f"{role} accuracy by slice: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(slices.items())))
     lines.append(f"{summary['seconds'] / 60:.1f} minutes; summary in reports/demo_summary.json")
     return lines
+
+
+def _explained(breakdown: dict) -> str:
+    classes = ", ".join(f"{k} ({v:.0%} novel)" for k, v in breakdown["classes"].items()) or "none"
+    clusters = (
+        ", ".join(
+            f"{k} ({c['production_share']:.0%} of production, {c['baseline_share']:.0%} of baseline; "
+            f"said {', '.join(c['labels'])})"
+            for k, c in breakdown["clusters"].items()
+        )
+        or "none"
+    )
+    grids = f"; {len(breakdown['grids'])} image grids in reports/drift/*/grids" if breakdown["grids"] else ""
+    return f"classes flagged: {classes}; clusters: {clusters}{grids}"
 
 
 def demo_summary(root: Path) -> dict | None:

@@ -41,7 +41,9 @@ from lensops.core.log_reader import maintain, scan_log
 from lensops.core.registry import Registry, who
 from lensops.core.settings import DriftSettings, Settings
 
+from .breakdown import breakdown
 from .checks import column_checks, render_report, shift_test
+from .grids import breakdown_html, insert_section, write_grids
 
 NO_DRIFT, DRIFT, TOO_FEW = "no_drift", "drift", "too_few_records"
 EXIT_CODES = {NO_DRIFT: 0, DRIFT: 4, TOO_FEW: 5}
@@ -68,13 +70,15 @@ class DriftResult:
     seconds_to_verdict: float = 0.0
     report_html: str | None = None
     run_id: str | None = None
+    grids: list[str] = field(default_factory=list)
+    groups: Any = field(default=None, repr=False)  # the breakdown's cluster ids, for the grids; not written
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.verdict]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "groups"}
 
 
 def load_baseline(registry: Registry, ref: str | None) -> tuple[dict[str, str], pd.DataFrame]:
@@ -125,11 +129,25 @@ def run_drift(
     json_path = report_dir / "drift.json"
     run = start_monitoring_run(registry, settings, result) if track else None
     write_json(json_path, result)
+    explain(settings, result, baseline, scan.frame, report_dir)
     if render:
         render_report(validation(baseline), scan.frame, settings.drift, Path(result.report_html))
+        if "breakdown" in result.details:
+            insert_section(Path(result.report_html), breakdown_html(result.details["breakdown"]))
     if run is not None:
         finish_monitoring_run(registry, run, result, json_path)
     return result
+
+
+def explain(settings: Settings, result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, folder: Path) -> None:
+    """The breakdown's image grids (earlier grids removed), then drift.json again with their paths."""
+    for old in (folder / "grids").glob("*.png"):
+        old.unlink()
+    summary = result.details.get("breakdown")
+    if summary is None or result.groups is None:
+        return
+    result.grids = [str(p) for p in write_grids(settings, baseline, log, summary, result.groups, folder)]
+    write_json(folder / "drift.json", result)
 
 
 def validation(baseline: pd.DataFrame) -> pd.DataFrame:
@@ -171,7 +189,7 @@ def _decide(result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, cfg:
             f"the production log holds {current.shape[1]}-wide embeddings for version {result.model['version']}, "
             f"its baseline {reference.shape[1]}-wide: the log was not written by this version"
         )
-    novelty = novelty_check(baseline, current, cfg, log)
+    novelty, novel = novelty_check(baseline, current, cfg, log, per_record=True)
     held_out = validation(baseline)
     shift_score, shifted = shift_test(np.stack(held_out["embedding"].to_numpy()), current, cfg)
     shift = {"method": cfg.method, "score": shift_score, "threshold": cfg.threshold, "drift": shifted}
@@ -182,25 +200,34 @@ def _decide(result: DriftResult, baseline: pd.DataFrame, log: pd.DataFrame, cfg:
     result.verdict = DRIFT if result.drift else NO_DRIFT
     result.details = {"novelty": novelty, "embedding_shift": shift, **column_checks(held_out, log, cfg)}
     result.details["bootstrap"] = cfg.bootstrap
+    result.details["breakdown"], result.groups = breakdown(
+        baseline, log, novel, cfg, expected_novel=1 - cfg.novelty_quantile
+    )
     if cfg.pca_components:
         result.details["pca_components"] = cfg.pca_components
 
 
 def novelty_check(
-    baseline: pd.DataFrame, current: np.ndarray, cfg: DriftSettings, log: pd.DataFrame | None = None
-) -> dict[str, Any]:
+    baseline: pd.DataFrame,
+    current: np.ndarray,
+    cfg: DriftSettings,
+    log: pd.DataFrame | None = None,
+    *,
+    per_record: bool = False,
+):
     """The share of production records the version has not learnt: further from the training
     embeddings than held-out images go, or with an image stat (`drift.novelty_stats`) outside the
     whole range of the baseline's images. The second catches a shift the network maps onto
     familiar features (inverted digits land among ordinary ones: 19 % accuracy, few embedding
-    outliers), which no image it trained on could have taught it."""
+    outliers), which no image it trained on could have taught it. With `per_record`, also each
+    record's verdict (novel or not)."""
     reference = NoveltyReference.from_settings(baseline, cfg)
     scores = reference.novelty(current)
     by_embedding = scores > 1.0
     by_stats = outside_range(baseline, log, cfg.novelty_stats) if log is not None else np.zeros_like(by_embedding)
     novel = by_embedding | by_stats
     share = float(novel.mean())
-    return {
+    summary = {
         "method": f"novelty share (k={reference.k}, q={cfg.novelty_quantile}; stats {', '.join(cfg.novelty_stats)})",
         "score": share,
         "share": share,
@@ -212,6 +239,7 @@ def novelty_check(
         "median_novelty": float(np.median(scores)),
         **reference.summary(),
     }
+    return (summary, novel) if per_record else summary
 
 
 def outside_range(baseline: pd.DataFrame, log: pd.DataFrame, columns: list[str], margin: float = 0.1) -> np.ndarray:
@@ -263,6 +291,9 @@ def start_monitoring_run(registry: Registry, settings: Settings, result: DriftRe
     for name, check in result.details.items():
         if isinstance(check, dict) and "drift" in check:
             metrics[f"{name}_score"] = check["score"]
+    if "breakdown" in result.details:
+        metrics["flagged_classes"] = len(result.details["breakdown"]["flagged_classes"])
+        metrics["flagged_clusters"] = len(result.details["breakdown"]["flagged_clusters"])
     now_ms = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -276,6 +307,8 @@ def finish_monitoring_run(registry: Registry, run_id: str, result: DriftResult, 
     """drift.json and the HTML report as the run's artifacts; the run ends."""
     client = registry.client()
     client.log_artifact(run_id, str(json_path))
+    for grid in result.grids:
+        client.log_artifact(run_id, grid, artifact_path="grids")
     if result.report_html and Path(result.report_html).is_file():
         client.log_artifact(run_id, result.report_html)
     client.set_terminated(run_id)

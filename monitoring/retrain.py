@@ -91,8 +91,13 @@ def retrain(
     force: bool = False,
     promote: Callable[[str, str], Any] | None = None,
     echo: Callable[[str], Any] = print,
+    on_start: Callable[[], Any] | None = None,
 ) -> RetrainResult:
-    """Run the retraining pipeline once (something new, under the lock and the cooldown), then promote or hold."""
+    """Run the retraining pipeline once (something new, under the lock and the cooldown), then promote or hold.
+
+    `on_start` is called once the pipeline is about to run (past the lock, the cooldown and the
+    check for something new): the monitor posts "retraining started" from it.
+    """
     import filelock
 
     cfg = settings.retrain
@@ -107,7 +112,8 @@ def retrain(
         )
     try:
         _note_holder(lock_path, reason)
-        return _locked(settings, reason=reason, drift_run_id=drift_run_id, force=force, promote=promote, echo=echo)
+        options = {"force": force, "promote": promote, "echo": echo, "on_start": on_start}
+        return _locked(settings, reason=reason, drift_run_id=drift_run_id, **options)
     finally:
         lock.release()
 
@@ -126,7 +132,7 @@ def _holder(lock_path: Path) -> str:
     return f"pid {note.get('pid')} on {note.get('host')}, started {started}: {note.get('reason', '')}"
 
 
-def _locked(settings: Settings, *, reason, drift_run_id, force, promote, echo) -> RetrainResult:
+def _locked(settings: Settings, *, reason, drift_run_id, force, promote, echo, on_start=None) -> RetrainResult:
     cfg = settings.retrain
     state_file = settings.path(cfg.state_file)
     registry = Registry.of(settings)
@@ -143,6 +149,8 @@ def _locked(settings: Settings, *, reason, drift_run_id, force, promote, echo) -
             return RetrainResult(SKIPPED, waited, drift_run_id=drift_run_id, changed=changed)
     # Recorded before the pipeline runs: a pipeline that keeps failing still cools down.
     record_trigger(state_file, reason=reason, drift_run_id=drift_run_id, actor=who())
+    if on_start is not None:
+        on_start()
     result = RetrainResult(FAILED, "", drift_run_id=drift_run_id, command=list(cfg.command), changed=changed)
     try:
         _run_pipeline(settings, registry, result, reason=reason, inputs=inputs, promote=promote, echo=echo)

@@ -16,7 +16,7 @@ from .common import Overrides, fail, out, settings_for
 
 def register(app: typer.Typer) -> None:
     """Add the operating commands to the top-level app."""
-    for command in (serve_command, drift_command, retrain_command):
+    for command in (serve_command, drift_command, retrain_command, monitor_command):
         app.command(command.__name__.removesuffix("_command"))(command)
 
 
@@ -32,6 +32,7 @@ def _print_drift(result) -> None:
             mark = "[red]yes[/]" if check["drift"] else "[green]no[/]"
             table.add_row(name, check["method"], f"{check['score']:.4g}", f"{check['threshold']:g}", mark)
     out.print(table)
+    _print_breakdown(result.details.get("breakdown"))
     for skipped in result.skipped_files:
         out.print(f"[yellow]skipped[/] {escape(skipped['file'])}: {escape(skipped['reason'])}", soft_wrap=True)
     out.print(
@@ -41,6 +42,30 @@ def _print_drift(result) -> None:
     )
     if result.verdict == "too_few_records":
         out.print(result.details.get("reason", ""))
+
+
+def _print_breakdown(breakdown: dict | None) -> None:
+    """The flagged classes and clusters: what moved, and where its images are."""
+    import os
+
+    where = lambda c: escape(os.path.relpath(c["grid"])) if c.get("grid") else ""  # noqa: E731
+    if not breakdown or not (breakdown["flagged_classes"] or breakdown["flagged_clusters"]):
+        return
+    table = Table(title="what moved", title_justify="left")
+    for column in ("group", "production", "baseline", "novel", "why", "images"):
+        table.add_column(column)
+    for c in (c for c in breakdown["classes"] if c["flagged"]):
+        table.add_row(
+            f"predicted {escape(c['label'])}", f"{c['production_share']:.1%}", f"{c['baseline_share']:.1%}",
+            f"{c['novel_share']:.0%}", c["why"], where(c),
+        )  # fmt: skip
+    for c in (c for c in breakdown["clusters"] if c["flagged"]):
+        labels = ", ".join(f"{escape(k)} x{v}" for k, v in c["dominant_labels"].items())
+        table.add_row(
+            f"cluster {c['cluster']}", f"{c['production_share']:.1%}", f"{c['baseline_share']:.1%}", "",
+            f"said {labels}", where(c),
+        )  # fmt: skip
+    out.print(table)
 
 
 def drift_command(
@@ -79,23 +104,24 @@ def drift_command(
     raise typer.Exit(result.exit_code)
 
 
-def _ask_for_labels(settings: Settings, model: str | None) -> None:
+def _ask_for_labels(settings: Settings, model: str | None) -> Path | None:
     """Drift, and nothing new to train on: what is needed is labels, so a labelling batch is exported."""
     from monitoring.labelling import export_batch
 
     batch = export_batch(settings, model=model)
     if batch.folder is None:
         out.print("[yellow]no captured image is left to label[/]: capture more production images (monitoring.capture)")
-        return
+        return None
     out.print(
         f"[bold yellow]labels needed[/]: {len(batch.picked)} images wait in {batch.folder}; fill its labels.csv "
         f"(or label tasks.json in Label Studio), then `lensops label import {batch.folder / 'labels.csv'}` "
         "and `lensops retrain`",
         soft_wrap=True,
     )
+    return batch.folder
 
 
-def _retrain(settings: Settings, *, reason: str, drift_run_id: str | None = None, force: bool = False):
+def _retrain(settings: Settings, *, reason: str, drift_run_id: str | None = None, force: bool = False, on_start=None):
     from monitoring.retrain import retrain
     from training.promotion import promote
 
@@ -103,7 +129,13 @@ def _retrain(settings: Settings, *, reason: str, drift_run_id: str | None = None
         promote(settings, version, reason=why)
 
     result = retrain(
-        settings, reason=reason, drift_run_id=drift_run_id, force=force, promote=promote_version, echo=out.print
+        settings,
+        reason=reason,
+        drift_run_id=drift_run_id,
+        force=force,
+        promote=promote_version,
+        echo=out.print,
+        on_start=on_start,
     )
     colour = {"promoted": "green", "trained": "green", "failed": "red"}.get(result.outcome, "yellow")
     out.print(f"retrain: [bold {colour}]{result.outcome}[/]: {escape(result.reason)}")
@@ -148,3 +180,33 @@ def serve_command(
         on_ready=lambda url: out.print(f"serving at {url} (docs at {url}/docs); Ctrl-C to stop"),
     )  # fmt: skip
     out.print("stopped")
+
+
+def monitor_command(
+    ctx: typer.Context,
+    every: Annotated[str | None, typer.Option(help="Between iterations: 90s, 15m, 2h (default monitor.every).")] = None,
+    retrain: Annotated[
+        bool | None, typer.Option("--retrain/--no-retrain", help="Retrain on drift (default monitor.retrain).")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Stop after this many iterations.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Drift (and retraining) on a schedule, in the foreground; each change of state goes to monitor.webhooks.
+
+    SIGTERM or Ctrl-C stops it once the iteration in progress is done (exit 0).
+    """
+    from monitoring.monitor import Monitor
+
+    settings = settings_for(ctx, overrides)
+    changes = {k: v for k, v in {"monitor.every": every, "monitor.retrain": retrain}.items() if v is not None}
+    if changes:
+        settings = settings.updated(changes)
+
+    def retrain_on_drift(result, on_start):
+        reason = f"monitor: drift run {result.run_id}, score {result.score:.3f}"
+        outcome = _retrain(settings, reason=reason, drift_run_id=result.run_id, on_start=on_start)
+        batch = _ask_for_labels(settings, None) if outcome.outcome == "nothing_new" else None
+        return outcome, batch
+
+    monitor = Monitor(settings, retrain=retrain_on_drift if settings.monitor.retrain else None, echo=out.print)
+    raise typer.Exit(monitor.run(iterations))

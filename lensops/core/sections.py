@@ -328,7 +328,53 @@ class DriftSettings(Section):
     column_threshold: float = Field(0.05, gt=0, lt=1, description="p-value for the label and image-stat tests")
     report_sample: int = Field(500, ge=10, description="rows per side drawn for the HTML report's projection")
     experiment: str = Field("monitoring", min_length=1, description="MLflow experiment of drift and retrain runs")
+    clusters: int = Field(8, ge=1, description="k-means clusters of the breakdown (baseline and production together)")
+    cluster_ratio: float = Field(2.0, gt=1, description="flag a group whose production share is this x its baseline's")
+    group_min_records: int = Field(10, ge=1, description="production records a class or cluster needs to be flagged")
+    grid_images: int = Field(8, ge=0, description="images per flagged group in the grids; 0 for none")
     seed: int = 0
+
+
+class MonitorSettings(Section):
+    every: str = Field("15m", description="time between two iterations: seconds, or 30s, 15m, 2h, 1d")
+    retrain: bool = Field(False, description="run the retraining pipeline when an iteration finds drift")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive each change of state (JSON)")
+    payload: Literal["lensops", "slack"] = Field("lensops", description="slack: a Slack incoming-webhook message")
+    post_on_start: bool = Field(True, description="the first iteration posts the state it finds, changed or not")
+    webhook_attempts: int = Field(4, ge=1, le=20, description="tries per webhook call (exponential backoff)")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first wait between two tries; doubles each time")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="per try")
+    state_dir: Path = Path("reports/monitor")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("webhooks")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds in `90`, `90s`, `15m`, `2h` or `1d`; a clear error otherwise."""
+    text = str(value).strip().lower()
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration: use seconds or a number with s, m, h or d (15m)") from None
+    if not seconds > 0:
+        raise ValueError(f"{value!r}: a duration must be positive")
+    return seconds
 
 
 class RetrainSettings(Section):

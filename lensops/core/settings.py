@@ -29,6 +29,7 @@ from .sections import (
     GateSettings,
     LabelSettings,
     MonitoringSettings,
+    MonitorSettings,
     NearDuplicateSettings,
     PrepareSettings,
     PreprocessingSpec,
@@ -91,6 +92,7 @@ class Settings(Section):
     label: LabelSettings = Field(default_factory=LabelSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

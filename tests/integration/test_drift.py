@@ -7,14 +7,17 @@ serving logs (tests/integration/test_serving.py proves serving answers as this p
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_TRAINING_FAST_INPUT, mlflow_client, project_copy
@@ -62,7 +65,7 @@ def test_clean_held_out_traffic_is_not_drift_over_seeds(monitored, tmp_path):
     settings = monitored
     clean = images_of(settings.root, "clean")
     assert len(clean) >= 60
-    for seed in range(4):  # other draws of held-out images, and another seed for the test itself
+    for seed in range(5):  # other draws of held-out images, and another seed for the test itself
         picked = list(np.random.default_rng(seed).choice(clean, size=len(clean), replace=True))
         log_dir = tmp_path / f"log{seed}"
         write_log(settings, picked, log_dir)
@@ -71,6 +74,38 @@ def test_clean_held_out_traffic_is_not_drift_over_seeds(monitored, tmp_path):
         assert result.verdict == "no_drift", (seed, result.score)
         assert result.score < settings.drift.novelty_share and result.n_current == len(clean)
         assert {"predicted_label", "brightness", "contrast", "width", "height"} <= set(result.details)
+        breakdown = result.details["breakdown"]  # nothing to explain: no class and no cluster flagged
+        assert breakdown["flagged_classes"] == [] and breakdown["flagged_clusters"] == [], (seed, breakdown)
+        assert {c["label"] for c in breakdown["classes"]} == {"0", "1", "7"} and len(breakdown["clusters"]) == 8
+
+
+def test_a_one_class_shift_is_explained_by_its_class_and_clusters_with_images(monitored, tmp_path):
+    """Only the ones come from the new scanner: the breakdown names them, and only their clusters."""
+    from monitoring.drift import run_drift
+
+    settings = monitored
+    shifted = [p for p in images_of(settings.root, "shifted") if p.parent.name == "1"]
+    mixed = [p for p in images_of(settings.root, "clean") if p.parent.name != "1"] + shifted
+    log_dir, capture = tmp_path / "log", tmp_path / "capture"
+    settings = settings.updated({"monitoring.log_dir": str(log_dir), "monitoring.capture.dir": str(capture)})
+    write_log(settings, mixed, log_dir)
+    result = run_drift(settings, report_dir=tmp_path / "report", track=False)
+    assert result.verdict == "drift"
+    breakdown = json.loads((tmp_path / "report" / "drift.json").read_text())["details"]["breakdown"]
+    first = breakdown["classes"][0]
+    assert first["label"] == "1" and first["flagged"] and first["n_novel"] >= 0.5 * len(shifted)
+    assert first["moved"] > max(c["moved"] or 0 for c in breakdown["classes"][1:])
+    grown = [c for c in breakdown["clusters"] if c["production_share"] >= 2 * c["baseline_share"] and c["n_production"]]
+    assert grown and breakdown["flagged_clusters"] == [c["cluster"] for c in grown if c["flagged"]]
+    for cluster in grown:  # every cluster production fills beyond twice its baseline share is the ones'
+        assert max(cluster["dominant_labels"], key=cluster["dominant_labels"].get) == "1", cluster
+    # A grid per flagged group, drawn from the captured images, and the section in the HTML report.
+    assert sorted(Path(g).name for g in result.grids) == sorted(
+        ["class-1.png", *[f"cluster-{c}.png" for c in breakdown["flagged_clusters"]]]
+    )
+    assert all(Path(g).stat().st_size > 5_000 for g in result.grids)
+    html = (tmp_path / "report" / "drift.html").read_text()
+    assert "Drift breakdown" in html and html.count("data:image/png;base64") >= len(result.grids)
 
 
 def test_shifted_traffic_is_drift_with_a_report_and_a_monitoring_run(monitored, cli, monkeypatch):
@@ -142,6 +177,92 @@ def test_bad_drift_arguments_are_usage_errors(monitored, cli, monkeypatch):
     assert cli("drift", "--last", "0", *args).exit_code == 2
     assert cli("drift", "--last", "5", "--since", "2026-01-01", *args).exit_code == 2
     assert cli("drift", "-S", "drift.method=psi", *args).exit_code == 2  # not an embeddings method
+
+
+# --- the monitor: a schedule, webhooks once per change of state ---------------------------------
+
+
+def test_the_monitor_posts_each_change_once_and_survives_a_failing_iteration(monitored, tmp_path):
+    from monitoring.monitor import Monitor
+    from tests.receiver import Receiver
+
+    clean, shifted = images_of(monitored.root, "clean"), images_of(monitored.root, "shifted")
+    log_dir = tmp_path / "log"
+    with Receiver(fail_first=2) as receiver:  # the first event needs three tries
+        changes = {
+            "monitoring.log_dir": str(log_dir),
+            "monitoring.capture.enabled": False,
+            "monitor.webhooks": [receiver.url],
+            "monitor.webhook_backoff_s": 0.05,
+            "monitor.state_dir": str(tmp_path / "monitor"),
+            "drift.report_dir": str(tmp_path / "report"),
+        }
+        settings = monitored.updated(changes)
+        write_log(settings, clean, log_dir)
+        monitor = Monitor(settings, echo=lambda line: None)
+        monitor.run_id = monitor._start_run()
+        first = monitor.iteration()  # posts the state it finds
+        assert first["outcome"] == "no_drift" and first["events"][0]["deliveries"][0]["attempts"] == 3
+        assert monitor.iteration()["events"] == []  # unchanged: nothing posted
+        write_log(settings, shifted * 2, log_dir)  # the new scanner outnumbers the clean records
+        assert [e["event"] for e in monitor.iteration()["events"]] == ["drift_found"]
+        assert monitor.iteration()["events"] == []
+        monitor.settings = settings.updated({"registry.model_name": "absent"})  # the registry has no such model
+        failed = monitor.iteration()
+        assert failed["outcome"] == "failed" and "absent" in failed["detail"]
+        assert [e["event"] for e in failed["events"]] == ["iteration_failed"]
+        assert monitor.iteration()["events"] == []  # still failing: posted once
+        monitor.settings = settings
+        recovered = monitor.iteration()  # the next iteration runs; the verdict it finds was posted already
+        assert recovered["outcome"] == "drift" and recovered["events"] == []
+        monitor._end_run()
+        again = Monitor(settings.updated({"monitor.post_on_start": False}), echo=lambda line: None)
+        assert again.iteration()["events"] == []  # a scheduled job's next start: nothing changed, nothing posted
+
+    posted = receiver.delivered()
+    assert [e["event"] for e in posted] == ["no_drift", "drift_found", "iteration_failed"]
+    assert posted[0]["first"] is True and posted[1]["first"] is False and len(receiver.calls) == 5
+    assert posted[1]["model"] == {"name": "tiny", "version": "1"} and posted[1]["score"] > 0.1
+    assert posted[1]["run_id"] and posted[1]["report"].endswith("drift.html")
+    history = [json.loads(line) for line in (tmp_path / "monitor" / "history.jsonl").read_text().splitlines()]
+    outcomes = ["no_drift", "no_drift", "drift", "drift", "failed", "failed", "drift", "drift"]
+    assert [h["outcome"] for h in history] == outcomes
+    scores = mlflow_client(settings).get_metric_history(monitor.run_id, "score")  # the time series
+    assert [m.step for m in scores] == [1, 2, 3, 4, 7] and scores[2].value > scores[0].value
+
+
+def test_the_monitor_command_keeps_its_schedule_never_overlaps_and_stops_on_sigterm(monitored, tmp_path):
+    import filelock
+
+    state = tmp_path / "monitor"
+    state.mkdir()
+    log_dir = tmp_path / "log"
+    write_log(monitored, images_of(monitored.root, "clean"), log_dir)
+    options = [*SMALL, f"monitoring.log_dir={log_dir}", f"monitor.state_dir={state}", f"drift.report_dir={tmp_path}/r"]
+    command = ["lensops", "monitor", "--every", "1s", *[a for o in options for a in ("-S", o)]]
+    history = state / "history.jsonl"
+    entries = lambda: [json.loads(line) for line in history.read_text().splitlines()] if history.exists() else []  # noqa: E731
+    lock = filelock.FileLock(str(state / "monitor.lock"))
+    lock.acquire()  # another iteration is running: the monitor must wait its turn
+    process = subprocess.Popen(command, cwd=monitored.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(entries()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        lock.release()
+        while not any(e["outcome"] == "no_drift" for e in entries()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    skipped = [e for e in entries() if e["outcome"] == "skipped"]
+    assert len(skipped) >= 3 and "skipped: another iteration is running" in output
+    times = [pd.Timestamp(e["time"]) for e in skipped]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert all(0.8 < gap < 5 for gap in gaps), gaps  # every second, from the previous start
+    assert entries()[-1]["outcome"] == "no_drift" and "stopped after" in output
 
 
 # --- the retraining trigger: lock, cooldown, outcome ------------------------------------------
