@@ -52,8 +52,15 @@ Retrain = Callable[[DriftResult, Callable[[], Any]], tuple[Any, Path | None]]
 
 
 class Monitor:
-    def __init__(self, settings: Settings, *, retrain: Retrain | None = None, echo: Callable[[str], Any] = print):
-        self.settings, self.retrain, self.echo = settings, retrain, echo
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retrain: Retrain | None = None,
+        echo: Callable[[str], Any] = print,
+        html: bool = True,
+    ):
+        self.settings, self.retrain, self.echo, self.html = settings, retrain, echo, html
         self.every = parse_duration(settings.monitor.every)
         self.folder = settings.path(settings.monitor.state_dir)
         self.stop = threading.Event()
@@ -64,7 +71,7 @@ class Monitor:
 
     def run(self, iterations: int | None = None) -> int:
         """Iterate until stopped (or `iterations` have run); 0 on a clean stop."""
-        self._handle_signals()
+        handlers = self._handle_signals()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.run_id = self._start_run()
         self.echo(f"monitoring every {self.settings.monitor.every}; state in {self.folder}")
@@ -77,14 +84,16 @@ class Monitor:
                 self.stop.wait(max(0.0, started + self.every - time.monotonic()))
         finally:
             self._end_run()
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
         self.echo(f"stopped after {self.iterations} iterations")
         return 0
 
-    def _handle_signals(self) -> None:
+    def _handle_signals(self) -> dict:
+        """SIGTERM and SIGINT end the wait; the handlers they replace, to put back."""
         if threading.current_thread() is not threading.main_thread():
-            return
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, lambda *_: self.stop.set())
+            return {}
+        return {number: signal.signal(number, lambda *_: self.stop.set()) for number in (signal.SIGTERM, signal.SIGINT)}
 
     def iteration(self) -> dict[str, Any]:
         """One iteration under the lock; its history entry (outcome skipped when another holds the lock)."""
@@ -110,7 +119,7 @@ class Monitor:
     def _iterate(self, first: bool) -> dict[str, Any]:
         previous = self._load_state()
         try:
-            result = run_drift(self.settings)
+            result = run_drift(self.settings, html=self.html)
         except Exception as e:  # recorded and posted once; the next iteration runs as planned
             log.exception("monitoring iteration failed")
             detail = f"{type(e).__name__}: {e}"

@@ -189,6 +189,7 @@ def monitor_command(
         bool | None, typer.Option("--retrain/--no-retrain", help="Retrain on drift (default monitor.retrain).")
     ] = None,
     iterations: Annotated[int | None, typer.Option(min=1, help="Stop after this many iterations.")] = None,
+    html: Annotated[bool, typer.Option(help="Render each iteration's HTML report.")] = True,
     overrides: Overrides = None,
 ) -> None:
     """Drift (and retraining) on a schedule, in the foreground; each change of state goes to monitor.webhooks.
@@ -208,5 +209,6 @@ def monitor_command(
         batch = _ask_for_labels(settings, None) if outcome.outcome == "nothing_new" else None
         return outcome, batch
 
-    monitor = Monitor(settings, retrain=retrain_on_drift if settings.monitor.retrain else None, echo=out.print)
+    retrain_fn = retrain_on_drift if settings.monitor.retrain else None
+    monitor = Monitor(settings, retrain=retrain_fn, echo=out.print, html=html)
     raise typer.Exit(monitor.run(iterations))

@@ -265,6 +265,40 @@ def test_the_monitor_command_keeps_its_schedule_never_overlaps_and_stops_on_sigt
     assert entries()[-1]["outcome"] == "no_drift" and "stopped after" in output
 
 
+def test_the_monitor_retrains_on_drift_and_posts_what_the_retraining_needs(monitored, cli, tmp_path, monkeypatch):
+    from tests.receiver import Receiver
+
+    monkeypatch.chdir(monitored.root)
+    log_dir = tmp_path / "log"
+    capturing = monitored.updated({"monitoring.capture.dir": str(tmp_path / "capture")})
+    write_log(capturing, images_of(monitored.root, "shifted"), log_dir)
+    command = json.dumps([sys.executable, "-c", "print('pipeline ran')"])
+    with Receiver() as receiver:
+        options = [
+            *SMALL,
+            f"monitoring.log_dir={log_dir}",
+            f"monitoring.capture.dir={tmp_path / 'capture'}",
+            f"monitor.state_dir={tmp_path / 'monitor'}",
+            f'monitor.webhooks=["{receiver.url}"]',
+            f"drift.report_dir={tmp_path / 'report'}",
+            f"label.export_dir={tmp_path / 'labelling'}",
+            f"retrain.command={command}",
+            f"retrain.state_file={tmp_path / 'retrain' / 'last.json'}",
+            f"retrain.lock_file={tmp_path / 'retrain' / 'lock'}",
+        ]
+        args = [a for o in options for a in ("-S", o)]
+        # Drift, nothing new to train on: a labelling batch, posted once however long the drift lasts.
+        waiting = cli("monitor", "--every", "0.1s", "--iterations", "2", "--retrain", "--no-html", *args)
+        assert waiting.exit_code == 0, waiting.output
+        assert [e["event"] for e in receiver.delivered()] == ["drift_found", "labels_waiting"]
+        assert "batch-" in receiver.delivered()[1]["detail"]
+        # New training params: the pipeline runs, and its start is posted before its outcome.
+        again = cli("monitor", "--iterations", "1", "--retrain", "--no-html", *args, "-S", "train.lr=0.004")
+        assert again.exit_code == 0 and "pipeline ran" in again.output, again.output
+    assert [e["event"] for e in receiver.delivered()][2:] == ["drift_found", "retraining_started"]
+    assert len(list((tmp_path / "labelling").glob("batch-*/labels.csv"))) == 1
+
+
 # --- the retraining trigger: lock, cooldown, outcome ------------------------------------------
 
 

@@ -131,6 +131,9 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     # exported, labelled, imported as a new data version; retrained, reviewed by slice, promoted.
     assert summary["drift_clean"]["drift"] is False and summary["drift_clean"]["model_version"] == "1"
     assert summary["drift_shifted"]["drift"] is True and summary["drift_shifted"]["score"] > 0.5
+    explained = summary["drift_shifted"]["breakdown"]  # which classes and clusters moved, with their images
+    assert explained["clusters"] and explained["grids"] and all(Path(g).is_file() for g in explained["grids"])
+    assert summary["drift_clean"]["breakdown"]["clusters"] == {}
     assert summary["retrained"] is True and summary["promoted_version"] == "2"
     assert summary["reviewed_version"] == "2" and summary["review_verdict"] == "promote"
     assert set(summary["slices"]["challenger"]) == {"source=original", "source=production"}
