@@ -234,12 +234,14 @@ def test_the_monitor_posts_each_change_once_and_survives_a_failing_iteration(mon
 def test_the_monitor_command_keeps_its_schedule_never_overlaps_and_stops_on_sigterm(monitored, tmp_path):
     import filelock
 
+    from lensops.client import tool
+
     state = tmp_path / "monitor"
     state.mkdir()
     log_dir = tmp_path / "log"
     write_log(monitored, images_of(monitored.root, "clean"), log_dir)
     options = [*SMALL, f"monitoring.log_dir={log_dir}", f"monitor.state_dir={state}", f"drift.report_dir={tmp_path}/r"]
-    command = ["lensops", "monitor", "--every", "1s", *[a for o in options for a in ("-S", o)]]
+    command = [tool("lensops"), "monitor", "--every", "1s", *[a for o in options for a in ("-S", o)]]
     history = state / "history.jsonl"
     entries = lambda: [json.loads(line) for line in history.read_text().splitlines()] if history.exists() else []  # noqa: E731
     lock = filelock.FileLock(str(state / "monitor.lock"))
@@ -297,6 +299,42 @@ def test_the_monitor_retrains_on_drift_and_posts_what_the_retraining_needs(monit
         assert again.exit_code == 0 and "pipeline ran" in again.output, again.output
     assert [e["event"] for e in receiver.delivered()][2:] == ["drift_found", "retraining_started"]
     assert len(list((tmp_path / "labelling").glob("batch-*/labels.csv"))) == 1
+
+
+def test_the_monitor_posts_a_promotion_and_a_rollback_once_each(monitored, tmp_path):
+    """Run last of the module's registry users: it registers a second version and moves the champion."""
+    from monitoring.monitor import Monitor
+    from tests.receiver import Receiver
+    from training.promotion import promote, rollback
+
+    log_dir = tmp_path / "log"
+    write_log(monitored, images_of(monitored.root, "shifted"), log_dir)
+    with Receiver() as receiver:
+        changes = {
+            "monitoring.log_dir": str(log_dir),
+            "monitor.webhooks": [receiver.url],
+            "monitor.state_dir": str(tmp_path / "monitor"),
+            "drift.report_dir": str(tmp_path / "report"),
+        }
+        settings = monitored.updated(changes)
+        monitor = Monitor(settings, echo=lambda line: None, html=False)
+        monitor.iteration()  # drift_found, first
+        client = mlflow_client(settings)
+        one, files = client.get_model_version("tiny", "1"), client.get_model_version_download_uri("tiny", "1")
+        two = str(client.create_model_version("tiny", files, run_id=one.run_id, tags=one.tags).version)  # same files
+        promote(settings, two, reason="monitor test", force=True)
+        monitor.iteration()  # v2 has no production records yet: promoted, too few records
+        monitor.iteration()  # nothing changed
+        rollback(settings, reason="monitor test")
+        monitor.iteration()  # back on v1 and its drifting records
+    events = [(e["event"], e["model"]["version"]) for e in receiver.delivered()]
+    assert events == [
+        ("drift_found", "1"),
+        ("promoted", two),
+        ("too_few_records", two),
+        ("rollback", "1"),
+        ("drift_found", "1"),
+    ]
 
 
 # --- the retraining trigger: lock, cooldown, outcome ------------------------------------------
