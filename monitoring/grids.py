@@ -13,6 +13,7 @@ were not kept gets no grid, and the breakdown says so. The grids are PNG files u
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 from pathlib import Path
@@ -28,9 +29,11 @@ from .breakdown import Groups, _normalised
 
 
 def slug(name: str) -> str:
-    """A file-name-safe form of a class name (any string can be a label)."""
+    """A file-name-safe form of a class name (any string can be a label); two names never share one."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60]
-    return cleaned or "class"
+    if cleaned == name:
+        return cleaned
+    return f"{cleaned or 'class'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def write_grids(
