@@ -110,7 +110,12 @@ class Monitor:
         try:
             first = self.iterations == 0
             self.iterations += 1
-            return self._record(self._iterate(first))
+            try:
+                entry = self._iterate(first)
+            except Exception as e:  # a retraining callback or a full disk: the loop goes on regardless
+                log.exception("monitoring iteration failed")
+                entry = {"outcome": "failed", "detail": f"{type(e).__name__}: {e}", "events": []}
+            return self._record(entry)
         finally:
             lock.release()
 
@@ -224,8 +229,11 @@ class Monitor:
     def _record(self, entry: dict[str, Any]) -> dict[str, Any]:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
         entry = {"time": stamp, "iteration": self.iterations, **entry}
-        with open(self.folder / "history.jsonl", "a") as history:
-            history.write(json.dumps(entry, default=str) + "\n")
+        try:
+            with open(self.folder / "history.jsonl", "a") as history:
+                history.write(json.dumps(entry, default=str) + "\n")
+        except OSError:
+            log.exception("could not append to the monitor's history")
         return entry
 
     # --- the MLflow time series -------------------------------------------------------------

@@ -126,18 +126,20 @@ def register_model(
     return version
 
 
-def load_network(program: Path, *, device: str | None = None):
+def load_network(program: Path, *, device: str | None = None, trusted: bool = False):
     """An exported program (`model.pt2`) as a callable module, on `device` if given.
 
-    The archive is checked as MLflow's own loader checks it (no pickle payloads unless
-    MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set), then loaded with `torch.export.load`. A device
-    other than the CPU is reached with torch.export's own pass: MLflow's loader refuses to move a
-    pt2 model off the device it was exported on (training exports on the CPU).
+    Unless `trusted`, the archive is also checked as MLflow's own loader checks it (every record
+    through torch's `weights_only` unpickler), whatever MLFLOW_ALLOW_PICKLE_DESERIALIZATION says;
+    `ModelVersion.network` has run lensops' stricter check first (`lensops.core.artifact_check`).
+    Then it is loaded with `torch.export.load`. A device other than the CPU is reached with
+    torch.export's own pass: MLflow's loader refuses to move a pt2 model off the device it was
+    exported on (training exports on the CPU).
     """
     import mlflow.pytorch
     import torch
 
-    if not mlflow.pytorch._is_pickle_deserialization_allowed():
+    if not trusted:
         mlflow.pytorch._validate_pt2_archive_is_pickle_free(str(program))
     exported = torch.export.load(program)
     if device and device != "cpu":

@@ -122,6 +122,7 @@ class Registry:
     tracking_uri: str
     model_name: str
     artifact_root: str | None = None  # where a local store keeps new experiments' artifacts
+    trust_artifacts: bool = False  # load versions without checking their files (lensops.core.artifact_check)
 
     @classmethod
     def of(cls, settings) -> Registry:
@@ -130,7 +131,7 @@ class Registry:
         uri = tracking_uri(settings.root)
         local = uri.split(":", 1)[0] in ("sqlite", "file")
         root = (settings.root / "mlruns" / "artifacts").resolve().as_uri() if local else None
-        return cls(uri, settings.registry.model_name, root)
+        return cls(uri, settings.registry.model_name, root, settings.registry.trust_artifacts)
 
     def client(self):
         return _client(self.tracking_uri)
@@ -366,7 +367,13 @@ class ModelVersion:
         """The exported network, `model(batch) -> (logits, embedding)`, on `device` (default the CPU)."""
         from .model_artifact import load_network  # the artifact's own loader (it imports this module)
 
-        return load_network(self.fetch(NETWORK_FILE), device=device)
+        program = self.fetch(NETWORK_FILE)
+        if not self.registry.trust_artifacts:
+            from .artifact_check import check_mlmodel, check_pt2
+
+            check_mlmodel(self.fetch("MLmodel"))
+            check_pt2(program)
+        return load_network(program, device=device, trusted=self.registry.trust_artifacts)
 
     def size_mb(self) -> float:
         return self.fetch(NETWORK_FILE).stat().st_size / 2**20

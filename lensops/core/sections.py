@@ -184,6 +184,7 @@ class AuditSettings(Section):
 class RegistrySettings(Section):
     model_name: str = Field("digits", min_length=1)
     experiment: str = Field("digits", min_length=1)
+    trust_artifacts: bool = Field(False, description="load versions without checking their files for code")
 
 
 class TuneSettings(Section):
