@@ -53,7 +53,7 @@ def check_review(version: str, tags: dict[str, str], champion: str | None) -> st
 
 def promote(settings: Settings, version: str | None = None, *, reason: str | None = None, force: bool = False) -> Move:
     registry = Registry.of(settings)
-    aliases = registry.aliases()
+    aliases = repair_aliases(registry)
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason: say why this version skips its review")
     if version is None and CHALLENGER not in aliases:
@@ -64,28 +64,55 @@ def promote(settings: Settings, version: str | None = None, *, reason: str | Non
         return Move(handle.version, aliases.get(PREVIOUS), "already the champion", force, changed=False)
     verdict = handle.tags.get(T.REVIEW_VERDICT) if force else check_review(handle.version, handle.tags, champion)
     why = reason or f"review {verdict} at {handle.tags.get(T.REVIEW_AT, '?')}"
-    if champion:
-        registry.set_alias(PREVIOUS, champion, reason=f"replaced by v{handle.version}")
-    registry.set_alias(
-        CHAMPION,
-        handle.version,
-        reason=why,
-        extra={T.PROMOTION_VERDICT: verdict or "none", T.PROMOTION_FORCED: str(force).lower()},
-    )
+    extra = {T.PROMOTION_VERDICT: verdict or "none", T.PROMOTION_FORCED: str(force).lower()}
+    replaced = f"replaced by v{handle.version}"
+    move_aliases(registry, handle.version, champion, reason=why, extra=extra, previous_reason=replaced)
     return Move(handle.version, champion, why, force)
+
+
+def move_aliases(
+    registry: Registry, champion: str, previous: str | None, *, reason: str, extra: dict, previous_reason: str
+) -> None:
+    """`champion` and `previous` moved so that no reader ever sees both on one version, or neither.
+
+    Three writes: `previous` is removed, `champion` moves, `previous` is set. Between any two a
+    reader sees a champion and at most one other alias, never the same version twice (promoting
+    the previous version, or rolling back, swaps the two: moving either first would show both on
+    one version). The new champion is tagged with the version `previous` must end on before
+    anything moves, so a process that dies between two writes leaves a champion, no previous,
+    and the tag: `repair_aliases` (run by every promotion and rollback) sets `previous` from it.
+    """
+    registry.tag_version(champion, {T.alias_tag(CHAMPION, T.REPLACED): previous or ""})
+    if previous is not None and PREVIOUS in registry.aliases():
+        registry.client().delete_registered_model_alias(registry.model_name, PREVIOUS)
+    registry.set_alias(CHAMPION, champion, reason=reason, extra=extra)
+    if previous is not None:
+        registry.set_alias(PREVIOUS, previous, reason=previous_reason)
+
+
+def repair_aliases(registry: Registry) -> dict[str, str]:
+    """`previous` restored where a move died between its writes; the aliases as they are then."""
+    aliases = registry.aliases()
+    champion = aliases.get(CHAMPION)
+    if champion and PREVIOUS not in aliases:
+        with registry.open(champion) as handle:
+            replaced = handle.tags.get(T.alias_tag(CHAMPION, T.REPLACED))
+        if replaced and replaced != champion:
+            registry.set_alias(PREVIOUS, replaced, reason=f"restored: a move to v{champion} stopped half way")
+            aliases[PREVIOUS] = replaced
+    return aliases
 
 
 def rollback(settings: Settings, *, reason: str | None = None) -> Move:
     """`champion` back to `previous`; the demoted version becomes `previous` (a second rollback undoes the first)."""
     registry = Registry.of(settings)
-    aliases = registry.aliases()
+    aliases = repair_aliases(registry)
     previous, champion = aliases.get(PREVIOUS), aliases.get(CHAMPION)
     if previous is None:
         raise PromotionRefused(f"nothing to roll back to: no @{PREVIOUS} ({registry.describe()})")
     why = reason or f"rollback from v{champion}"
-    registry.set_alias(CHAMPION, previous, reason=why, extra={T.PROMOTION_VERDICT: "rollback"})
-    if champion:
-        registry.set_alias(PREVIOUS, champion, reason=f"rolled back: {why}")
+    extra = {T.PROMOTION_VERDICT: "rollback"}
+    move_aliases(registry, previous, champion, reason=why, extra=extra, previous_reason=f"rolled back: {why}")
     return Move(previous, champion, why)
 
 

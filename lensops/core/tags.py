@@ -72,6 +72,7 @@ TUNE_STOPPED_BY = "lensops.tune.stopped_by"
 ALIAS_FIELDS = ("set_by", "set_at", "reason")
 PROMOTION_VERDICT = "review_verdict"  # alias_tag("champion", PROMOTION_VERDICT): the verdict it was promoted on
 PROMOTION_FORCED = "forced"
+REPLACED = "replaced"  # alias_tag("champion", REPLACED): the version `previous` ends on after this move
 
 
 def alias_tag(alias: str, field: str) -> str:

@@ -296,7 +296,9 @@ def test_the_monitor_retrains_on_drift_and_posts_what_the_retraining_needs(monit
         assert "batch-" in receiver.delivered()[1]["detail"]
         # New training params: the pipeline runs, and its start is posted before its outcome.
         again = cli("monitor", "--iterations", "1", "--retrain", "--no-html", *args, "-S", "train.lr=0.004")
-        assert again.exit_code == 0 and "pipeline ran" in again.output, again.output
+        assert again.exit_code == 0 and "no_new_version" in again.output, again.output
+    ran = json.loads((tmp_path / "retrain" / "retrain.json").read_text())
+    assert ran["outcome"] == "no_new_version" and ran["returncode"] == 0 and ran["changed"] == ["params"]
     assert [e["event"] for e in receiver.delivered()][2:] == ["drift_found", "retraining_started"]
     assert len(list((tmp_path / "labelling").glob("batch-*/labels.csv"))) == 1
 
