@@ -30,29 +30,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.novelty import _normalised
 from lensops.core.settings import DriftSettings
 
 
-def _normalised(embeddings: np.ndarray) -> np.ndarray:
-    array = np.asarray(embeddings, dtype=np.float64)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
-
-
-def _greater(successes: int, trials: int, p: float) -> float:
-    """One-sided binomial p-value of at least `successes` in `trials` at rate `p`."""
+def _binomial_p(successes: int, trials: int, p: float, alternative: str = "two-sided") -> float:
+    """The binomial test's p-value of `successes` in `trials` at rate `p` (1 when there is nothing to test)."""
     from scipy.stats import binomtest
 
     if trials == 0:
         return 1.0
-    return float(binomtest(int(successes), int(trials), min(max(p, 1e-9), 1 - 1e-9), alternative="greater").pvalue)
-
-
-def _two_sided(successes: int, trials: int, p: float) -> float:
-    from scipy.stats import binomtest
-
-    if trials == 0:
-        return 1.0
-    return float(binomtest(int(successes), int(trials), min(max(p, 1e-9), 1 - 1e-9)).pvalue)
+    return float(binomtest(int(successes), int(trials), min(max(p, 1e-9), 1 - 1e-9), alternative=alternative).pvalue)
 
 
 def breakdown(
@@ -102,8 +90,8 @@ def class_breakdown(
         base_share, share = n_base / max(len(held_out), 1), n_log / max(len(log), 1)
         moved = _moved(reference[in_base], current[in_log]) if n_base >= 2 and n_log else None
         enough = n_log >= cfg.group_min_records
-        novel_p = _greater(n_novel, n_log, cfg.novelty_share)
-        share_p = _two_sided(n_log, len(log), base_share) if n_base else 0.0
+        novel_p = _binomial_p(n_novel, n_log, cfg.novelty_share, "greater")
+        share_p = _binomial_p(n_log, len(log), base_share) if n_base else 0.0
         ratio = share / base_share if base_share else None
         share_changed = ratio is None or ratio >= cfg.cluster_ratio or ratio <= 1 / cfg.cluster_ratio
         expected = base_share * len(log)
@@ -152,7 +140,7 @@ def cluster_breakdown(groups: Groups, log: pd.DataFrame, cfg: DriftSettings) -> 
         # A cluster of production only is compared with one baseline record's share (never zero).
         floor = max(base_share, 1 / max(len(base_ids), 1))
         ratio = share / floor
-        significant = _greater(n_log, len(log_ids), floor) < alpha
+        significant = _binomial_p(n_log, len(log_ids), floor, "greater") < alpha
         dominant = pd.Series(labels[log_ids == cluster]).value_counts().head(3)
         rows.append(
             {

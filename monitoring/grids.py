@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.novelty import _normalised
 from lensops.core.capture import CaptureStore
 from lensops.core.settings import Settings
 
-from .breakdown import Groups, _normalised
+from .breakdown import Groups
 
 
 def slug(name: str) -> str:

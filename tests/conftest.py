@@ -142,3 +142,32 @@ def mlflow_client(settings):
     from lensops.core.registry import Registry
 
     return Registry.of(settings).client()
+
+
+def register_tiny_export(registry) -> str:
+    """One real export of a small untrained network registered as a version of `tiny`; its run id."""
+    import numpy as np
+    import torch
+
+    from lensops.core import tags as T
+    from lensops.core.model_artifact import baseline_frame, register_model
+    from lensops.core.settings import PreprocessingSpec
+    from training.models import create_model
+
+    client = registry.client()
+    torch.manual_seed(0)
+    run_id = client.create_run(registry.experiment_id("tiny"), tags={T.STAGE: "train"}).info.run_id
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    embeddings = np.random.default_rng(0).normal(size=(6, 128)).astype(np.float32)
+    register_model(
+        registry,
+        run_id=run_id,
+        model=create_model("smallcnn", 3).eval(),
+        example=np.zeros((2, 3, 16, 16), np.float32),
+        classes=["a", "b", "c"],
+        spec=PreprocessingSpec(size=16),
+        metrics={"test": {"accuracy": 0.5}, "val": {"accuracy": 0.5}},
+        baseline=baseline_frame(embeddings, labels, labels, [f"{i}.png" for i in range(6)], ["a", "b", "c"]),
+    )
+    client.set_terminated(run_id)
+    return run_id

@@ -14,13 +14,12 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import pytest
 import yaml
 
-from lensops.core import tags as T
 from lensops.core.artifact_check import UntrustedArtifact, check_pt2
 from lensops.core.registry import Registry
+from tests.conftest import register_tiny_export
 
 pytestmark = pytest.mark.slow
 
@@ -28,30 +27,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> tuple[Registry, Path]:
     """One real registered export of a small network, and its files on disk."""
-    import torch
-
-    from lensops.core.model_artifact import baseline_frame, register_model
-    from lensops.core.settings import PreprocessingSpec
-    from training.models import create_model
-
     root = tmp_path_factory.mktemp("artifacts")
     registry = Registry(f"sqlite:///{root / 'mlflow.db'}", "tiny", (root / "artifacts").as_uri())
+    register_tiny_export(registry)
     client = registry.client()
-    torch.manual_seed(0)
-    run_id = client.create_run(registry.experiment_id("tiny"), tags={T.STAGE: "train"}).info.run_id
-    labels = np.array([0, 1, 2, 0, 1, 2])
-    embeddings = np.random.default_rng(0).normal(size=(6, 128)).astype(np.float32)
-    register_model(
-        registry,
-        run_id=run_id,
-        model=create_model("smallcnn", 3).eval(),
-        example=np.zeros((2, 3, 16, 16), np.float32),
-        classes=["a", "b", "c"],
-        spec=PreprocessingSpec(size=16),
-        metrics={"test": {"accuracy": 0.5}, "val": {"accuracy": 0.5}},
-        baseline=baseline_frame(embeddings, labels, labels, [f"{i}.png" for i in range(6)], ["a", "b", "c"]),
-    )
-    client.set_terminated(run_id)
     return registry, Path(urlparse(client.get_model_version_download_uri("tiny", "1")).path)
 
 

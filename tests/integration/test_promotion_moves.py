@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from urllib.parse import urlparse
 
-import numpy as np
 import pytest
 
 from lensops.core import tags as T
 from lensops.core.registry import CHAMPION, PREVIOUS, Registry
+from tests.conftest import register_tiny_export
 
 pytestmark = pytest.mark.slow
 
@@ -17,30 +17,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def three_versions(tmp_path, monkeypatch):
     """Settings of a project whose registry holds three versions of `tiny` (one real export, registered thrice)."""
-    import torch
-
-    from lensops.core.model_artifact import baseline_frame, register_model
-    from lensops.core.settings import PreprocessingSpec, load_settings
-    from training.models import create_model
+    from lensops.core.settings import load_settings
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     settings = load_settings(overrides=["registry.model_name=tiny"])
     registry = Registry.of(settings)
+    run_id = register_tiny_export(registry)
     client = registry.client()
-    torch.manual_seed(0)
-    run_id = client.create_run(registry.experiment_id("tiny"), tags={T.STAGE: "train"}).info.run_id
-    labels = np.array([0, 1, 2, 0, 1, 2])
-    embeddings = np.random.default_rng(0).normal(size=(6, 128)).astype(np.float32)
-    register_model(
-        registry,
-        run_id=run_id,
-        model=create_model("smallcnn", 3).eval(),
-        example=np.zeros((2, 3, 16, 16), np.float32),
-        classes=["a", "b", "c"],
-        spec=PreprocessingSpec(size=16),
-        metrics={"test": {"accuracy": 0.5}, "val": {"accuracy": 0.5}},
-        baseline=baseline_frame(embeddings, labels, labels, [f"{i}.png" for i in range(6)], ["a", "b", "c"]),
-    )
     files = urlparse(client.get_model_version_download_uri("tiny", "1")).path
     for _ in range(2):
         client.create_model_version("tiny", f"file://{files}", run_id=run_id)
