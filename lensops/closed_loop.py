@@ -21,6 +21,7 @@ no version trained on in any form.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -183,11 +184,13 @@ def demo_steps(loop: ClosedLoop) -> list[Step]:
 def first_version_steps(loop: ClosedLoop) -> list[Step]:
     """From the digits to a served champion: data, DVC, the pipeline, promotion, the server."""
     lensops, dvc = tool("lensops"), tool("dvc")
-    remote = [dvc, "remote", "add", "--local", "--force", "--default", "demo", str(loop.root / DVC_REMOTE)]
+    # The team stack's object store when `lensops stack up` set LENSOPS_DVC_REMOTE, else a local folder.
+    where = os.environ.get("LENSOPS_DVC_REMOTE") or str(loop.root / DVC_REMOTE)
+    remote = [dvc, "remote", "add", "--local", "--force", "--default", "demo", where]
     return [
         Step("reset what an earlier demo run added", action=loop.reset),
         Step("write the digits as PNG files", [lensops, "data", "demo"]),
-        Step("configure a local DVC remote", remote),
+        Step(f"configure the DVC remote: {'the stack' if where.startswith('s3://') else 'a local folder'}", remote),
         Step("version data/raw with DVC", [dvc, "add", "--quiet", "data/raw"]),
         Step("push the data version to the remote", [dvc, "push", "--quiet"]),
         Step("dvc repro (validate, prepare, train, review)", action=loop.first_repro),

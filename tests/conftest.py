@@ -171,3 +171,24 @@ def register_tiny_export(registry) -> str:
     )
     client.set_terminated(run_id)
     return run_id
+
+
+@pytest.fixture(scope="session")
+def team_stack():
+    """One `lensops stack` (PostgreSQL, the object store, an MLflow server) for the tests that need it.
+
+    Its folder is outside pytest's private temp folder, which PostgreSQL's own user cannot enter.
+    Yields the stack; `stack.state()["env"]` is what `lensops stack up` tells a user to export.
+    """
+    import tempfile
+
+    from lensops.stack import Stack
+
+    folder = Path(tempfile.mkdtemp(prefix="lensops-stack-"))
+    stack = Stack(folder, log=lambda line: None)
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down(quiet=True, keep_objects=False)  # the folder goes next: no copy of the objects
+        shutil.rmtree(folder, ignore_errors=True)

@@ -82,9 +82,11 @@ def move_aliases(
     anything moves, so a process that dies between two writes leaves a champion, no previous,
     and the tag: `repair_aliases` (run by every promotion and rollback) sets `previous` from it.
     """
+    if previous is not None and str(previous) == str(champion):
+        raise ValueError(f"v{champion} cannot be both @{CHAMPION} and @{PREVIOUS}")  # a caller's bug, never a state
     registry.tag_version(champion, {T.alias_tag(CHAMPION, T.REPLACED): previous or ""})
     if previous is not None and PREVIOUS in registry.aliases():
-        registry.client().delete_registered_model_alias(registry.model_name, PREVIOUS)
+        registry.delete_alias(PREVIOUS)
     registry.set_alias(CHAMPION, champion, reason=reason, extra=extra)
     if previous is not None:
         registry.set_alias(PREVIOUS, previous, reason=previous_reason)

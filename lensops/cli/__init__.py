@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from . import data, label, models, operate
+from . import data, label, models, operate, stack
 from .common import LensopsGroup, Overrides, out, settings_for
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(label.app, name="label")
+app.add_typer(stack.app, name="stack")
 models.register(app)
 operate.register(app)
 

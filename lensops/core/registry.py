@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import store
 from . import tags as T
 from .errors import UsageError
 from .sections import PreprocessingSpec
@@ -134,7 +135,7 @@ class Registry:
         return cls(uri, settings.registry.model_name, root, settings.registry.trust_artifacts)
 
     def client(self):
-        return _client(self.tracking_uri)
+        return store.client(self.tracking_uri)
 
     # -- resolving --
 
@@ -212,14 +213,17 @@ class Registry:
 
     def set_alias(self, alias: str, version: str, *, reason: str, extra: dict[str, str] | None = None) -> None:
         """Point `alias` at `version`, recording who, when and why on the version."""
-        self.client().set_registered_model_alias(self.model_name, alias, version)
+        store.retry_locked(self.client().set_registered_model_alias)(self.model_name, alias, version)
         record = {"set_by": who(), "set_at": now(), "reason": reason, **(extra or {})}
         self.tag_version(version, {T.alias_tag(alias, field): value for field, value in record.items()})
 
     def tag_version(self, version: str, tags: dict[str, str]) -> None:
         client = self.client()
         for key, value in tags.items():
-            client.set_model_version_tag(self.model_name, version, key, value)
+            store.retry_locked(client.set_model_version_tag)(self.model_name, version, key, value)
+
+    def delete_alias(self, alias: str) -> None:
+        store.retry_locked(self.client().delete_registered_model_alias)(self.model_name, alias)
 
     def experiment_id(self, name: str) -> str:
         """The experiment called `name`, created if missing (a local store keeps its artifacts in the project)."""
@@ -238,13 +242,6 @@ class Registry:
             Metric(k, float(v), stamp, step) for k, v in metrics.items() if k != "epoch" and isinstance(v, int | float)
         ]
         self.client().log_batch(run_id, metrics=batch, synchronous=synchronous)
-
-
-@functools.lru_cache(maxsize=16)
-def _client(tracking_uri: str):
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 @contextlib.contextmanager

@@ -83,8 +83,10 @@ def test_pushed_data_version_can_be_restored(repo: Path):
     assert "Running stage" not in sh(repo, "dvc", "repro", "prepare").stdout
 
 
-def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
-    # The same steps `make demo` runs, in a scratch repository laid out like this one.
+def test_demo_runs_the_pipeline_on_the_digits_against_the_team_stack(tmp_path: Path, team_stack, monkeypatch):
+    # The same steps `make demo` runs, in a scratch repository laid out like this one, against the
+    # team stack (PostgreSQL, object storage, an MLflow server), with only its environment variables
+    # set: the whole pipeline runs unchanged. Every stage's test covers the embedded SQLite store.
     root = tmp_path / "repo"
     (root / "data").mkdir(parents=True)
     for name in ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore"):
@@ -113,17 +115,15 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
         params = params.replace(gate, gate.split(":")[0] + ": null")  # two epochs are not meant to be good
     (root / "params.yaml").write_text(params)
     sh(root, "git", "init", "-q")
-    env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        sh(root, sys.executable, "-m", "lensops.closed_loop")
-    finally:
-        if env_uri:
-            os.environ["MLFLOW_TRACKING_URI"] = env_uri
+    stack_env = team_stack.state()["env"]
+    for key, value in stack_env.items():  # what `lensops stack up` tells a user to export
+        monkeypatch.setenv(key, value)
+    sh(root, sys.executable, "-m", "lensops.closed_loop")
 
     summary = json.loads((root / "reports" / "demo_summary.json").read_text())
     assert summary["ok"] and all(step["ok"] for step in summary["steps"])
     assert 0 <= summary["first_model"]["accuracy"] <= 1 and (root / "metrics" / "eval.json").is_file()
-    assert (root / "mlruns" / "mlflow.db").is_file()  # the runs and the registered versions live in the project
+    assert not (root / "mlruns").exists()  # runs and versions went to the stack, none to a local store
     served = summary["served"]
     assert served["exit_code"] == 0 and len(served["answers"]) == 10  # one image per digit, stopped with SIGINT
     assert {a["version"] for a in served["answers"]} == {"1"}
@@ -162,7 +162,7 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     import mlflow
 
     retrain = summary["retrain"]
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
     retrain_run = client.get_run(retrain["run_id"])
     assert retrain_run.data.tags["lensops.link.drift_run"] == summary["drift_shifted"]["run_id"]
     assert retrain_run.data.tags["lensops.link.training_run"] == retrain["training_run_id"]
@@ -183,5 +183,12 @@ def test_demo_runs_the_pipeline_on_the_digits(tmp_path: Path):
     plots = json.loads(sh(root, "dvc", "plots", "show", "--json").stdout)["data"]
     assert {"loss", "accuracy", "metrics/confusion.csv", "reports/train/learning_curves.png"} <= set(plots)
     assert (root / "data" / "raw.dvc").is_file()
-    assert any((root / ".dvc-storage").rglob("*"))  # pushed to the local remote
+    assert not (root / ".dvc-storage").exists()  # DVC pushed to the stack's object store, beside MLflow's artifacts
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")  # the endpoint and keys come from the stack's environment
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="lensops")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert sum(k.startswith("dvc/files/md5/") for k in keys) > 1797  # every digit, and the imported images
+    assert sum(k.startswith("mlflow/") and k.endswith("model.pt2") for k in keys) >= 2  # both versions' networks
     assert "Running stage" not in sh(root, "dvc", "repro").stdout

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from lensops.core.settings import load_settings
-from tests.conftest import TINY_TRAINING, TINY_TRAINING_FAST_INPUT, free_port, mlflow_client, project_copy
+from tests.conftest import TINY_TRAINING, TINY_TRAINING_FAST_INPUT, mlflow_client, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -229,70 +228,6 @@ def test_training_without_a_prepared_dataset_says_what_to_run(cli, project):
     result = cli("train")
     assert result.exit_code == 1
     assert "lensops data prepare" in result.output
-
-
-TRAIN_SCRIPT = """
-import sys
-from lensops.core.settings import load_settings
-from training.train import train
-settings = load_settings(sys.argv[1], sys.argv[2:])
-result = train(settings, progress=False)
-print("VERSION", result.model_version)
-"""
-
-
-def test_training_against_a_real_mlflow_server(digits_project, tmp_path):
-    """The remote path: a separate `mlflow server` process on 127.0.0.1 holds runs, artifacts and the registry."""
-    root = project_copy(digits_project, tmp_path / "project")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "server-artifacts"),
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
-    )  # fmt: skip
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        _wait_for(f"{uri}/health", server)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        script = tmp_path / "train.py"
-        script.write_text(TRAIN_SCRIPT)
-        out = subprocess.run(
-            [sys.executable, str(script), str(root / "params.yaml"), *TINY_TRAINING_FAST_INPUT, "train.epochs=1"],
-            env=env,
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert not (root / "mlruns").exists()  # nothing went to the local store
-        assert any((tmp_path / "server-artifacts").rglob("model.pt2"))  # the network went to the server's store
-        lookup = "import mlflow; print(mlflow.MlflowClient().get_model_version_by_alias('tiny', 'challenger').version)"
-        check = subprocess.run(
-            [sys.executable, "-c", lookup],
-            env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        assert check.stdout.strip() == out.stdout.split("VERSION")[-1].strip()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 CLUSTER_SCRIPT = """
