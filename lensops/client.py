@@ -108,7 +108,18 @@ class Server:
             answers = [a for chunk in pool.map(self.predict_batch, chunks) for a in chunk]
         correct = sum(a["predictions"][0]["label"] == p.parent.name for a, p in zip(answers, images, strict=True))
         versions = sorted({str(a["model"]["version"]) for a in answers})
-        return {"requests": len(images), "accuracy": round(correct / max(len(images), 1), 4), "versions": versions}
+        wrong = [
+            {
+                "request_id": a["request_id"],
+                "file": str(p),
+                "label": p.parent.name,
+                "predicted": a["predictions"][0]["label"],
+            }
+            for a, p in zip(answers, images, strict=True)
+            if a["predictions"][0]["label"] != p.parent.name
+        ]
+        accuracy = round(correct / max(len(images), 1), 4)
+        return {"requests": len(images), "accuracy": accuracy, "versions": versions, "first_wrong": wrong[:1]}
 
 
 def one_per_class(server: Server, root: Path) -> list[dict]:

@@ -38,6 +38,7 @@ from .client import SHIFTED_PREFIX, Server, one_per_class, tool
 console = Console()
 DVC_REMOTE = ".dvc-storage"  # the demo's local DVC remote; git-ignored
 TRAFFIC = Path("reports/demo")  # the demo's traffic folders
+TRACE = Path("reports/demo_trace")  # `lensops trace` of one wrong answer
 LABELS = 600  # images the scripted labeller labels (of about 1,500 shifted images sent, most captured)
 STATE = (
     "reports/production_log",
@@ -88,7 +89,7 @@ class ClosedLoop:
         shutil.rmtree(raw / ".provenance", ignore_errors=True)
         if stale:
             console.print(f"removed {len(stale)} images an earlier demo run added to data/raw")
-        for folder in (TRAFFIC, *STATE):
+        for folder in (TRAFFIC, TRACE, *STATE):
             shutil.rmtree(self.root / folder, ignore_errors=True)
         for name in ("demo_served.json", "demo_summary.json"):
             (self.root / "reports" / name).unlink(missing_ok=True)
@@ -125,6 +126,16 @@ class ClosedLoop:
     def drift(self, key: str, *extra: str) -> int:
         command = [tool("lensops"), "drift", "--since", self.windows[key], "--report-dir", f"reports/drift/{key}"]
         return _run([*command, *extra], self.root)
+
+    def trace_wrong_answer(self) -> int:
+        """`lensops trace` of one wrong answer on shifted traffic: which training images it looked like."""
+        wrong = self.results["traffic"].get("traffic:shifted", {}).get("first_wrong") or []
+        if not wrong:
+            console.print("every shifted image was answered right: nothing to trace")
+            return 0
+        self.results["traced"] = wrong[0]
+        command = [tool("lensops"), "trace", wrong[0]["request_id"], "--k", "8", "--out", str(TRACE)]
+        return _run(command, self.root)
 
     def export_labels(self) -> int:
         out = self.root / TRAFFIC / "labelling"
@@ -223,6 +234,10 @@ def traffic_steps(loop: ClosedLoop) -> list[Step]:
         Step("send the shifted hold-out", action=lambda: loop.send("shifted", TRAFFIC / "shifted_holdout")),
         Step("send shifted traffic", action=lambda: loop.send("traffic", TRAFFIC / "shifted")),
         Step("drift on shifted traffic: drift expected", action=lambda: loop.drift("shifted"), expect=(4,)),
+        Step(
+            "trace one wrong answer back to its version, data and nearest training images",
+            action=loop.trace_wrong_answer,
+        ),
     ]
 
 

@@ -47,6 +47,11 @@ def summarize(loop: ClosedLoop, steps: list[Step], seconds: float) -> dict:
     results.update(_data_loop(loop))
     results.update(_data_quality(loop))
     results["served"] = loop.results.get("served")
+    if traced := loop.json("reports/demo_trace/trace.json"):
+        results["trace"] = {
+            "request": traced["request"], "version": {k: v for k, v in traced["version"].items() if k != "tags"},
+            "neighbours": traced["neighbours"], "grid": traced["files"]["grid"], "sent": loop.results.get("traced"),
+        }  # fmt: skip
     summary = loop.root / "reports" / "demo_summary.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(results, indent=2) + "\n")
@@ -152,6 +157,13 @@ def _lines(summary: dict) -> list[str]:
         f"images captured {summary['images_captured']}, exported {summary['images_exported']}, "
         f"imported {summary['images_imported']}; data version {summary['data_version']}"
     )
+    if (traced := summary.get("trace")) and traced.get("sent"):
+        nearest = ", ".join(n["label"] for n in traced["neighbours"])
+        lines.append(
+            f"traced a shifted {traced['sent']['label']} that v{traced['version']['version']} answered "
+            f"{traced['request']['label']}: its nearest training images are labelled {nearest} "
+            f"(commit {traced['version']['git_commit'][:12]}, data {traced['version']['data_hash']}; {traced['grid']})"
+        )
     if near := summary.get("near_duplicates"):
         lines.append(
             f"near-duplicate groups in the digits: {near['groups']} ({near['images']} images), "

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from . import data, label, models, operate, stack
+from . import data, label, lineage, models, operate, stack
 from .common import LensopsGroup, Overrides, out, settings_for
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(label.app, name="label")
 app.add_typer(stack.app, name="stack")
 models.register(app)
+lineage.register(app)
 operate.register(app)
 
 

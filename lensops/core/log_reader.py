@@ -153,6 +153,25 @@ def scan_log(
     return result
 
 
+def find_record(folder: Path | str, request_id: str) -> dict | None:
+    """The record of one request (its embedding included), or None; reads each segment's `request_id` column first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    skipped: list[dict[str, str]] = []
+    for seg in sorted(list_segments(folder, skipped), key=lambda s: s.last_ms, reverse=True):  # newest first
+        try:
+            ids = _read(seg.path, columns=["request_id"])["request_id"]
+            if not (ids == request_id).any():
+                continue
+            frame = _read(seg.path)
+        except Exception as e:
+            _skip(skipped, seg.path, e)
+            continue
+        return frame[frame["request_id"] == request_id].iloc[0].to_dict()
+    return None
+
+
 def maintain(
     folder: Path | str, *, retention_days: float | None = None, target_records: int = 50_000, min_age_s: float = 60
 ) -> dict[str, int]:

@@ -135,6 +135,10 @@ def test_demo_runs_the_pipeline_on_the_digits_against_the_team_stack(tmp_path: P
     explained = summary["drift_shifted"]["breakdown"]  # which classes and clusters moved, with their images
     assert explained["clusters"] and explained["grids"] and all(Path(g).is_file() for g in explained["grids"])
     assert summary["drift_clean"]["breakdown"]["clusters"] == {}
+    traced = summary["trace"]  # one wrong answer on shifted traffic, traced back to v1 and its training images
+    assert traced["sent"]["label"] != traced["sent"]["predicted"] == traced["request"]["label"]
+    assert traced["version"]["version"] == "1" and traced["request"]["request_id"] == traced["sent"]["request_id"]
+    assert len(traced["neighbours"]) == 8 and Path(traced["grid"]).stat().st_size > 0
     assert summary["retrained"] is True and summary["promoted_version"] == "2"
     assert summary["reviewed_version"] == "2" and summary["review_verdict"] == "promote"
     assert set(summary["slices"]["challenger"]) == {"source=original", "source=production"}

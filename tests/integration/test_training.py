@@ -143,6 +143,42 @@ def test_registered_model_in_a_fresh_process_reproduces_evaluation(trained, tmp_
     assert out["embedding"].shape == (len(test), 128)
 
 
+def test_trace_leads_from_an_answer_to_its_version_run_commit_and_nearest_training_images(trained, tmp_path, cli):
+    """A training image sent as a request: its nearest training image is itself, at distance 0."""
+    from monitoring.replay import replay
+    from training.trace import trace
+
+    settings, result = trained
+    settings = settings.updated(
+        {"monitoring.log_dir": str(tmp_path / "log"), "monitoring.capture.dir": str(tmp_path / "capture")}
+    )
+    manifest = pd.read_parquet(settings.path(settings.data.prepared) / "manifest.parquet")
+    sent = manifest[manifest["split"] == "train"].groupby("label").head(1)
+    raw = settings.path(settings.data.raw)
+    answers = replay(settings, [raw / p for p in sent["path"]], model="@challenger")
+    request = answers.iloc[0]
+
+    traced = trace(settings, request["request_id"], k=3, out=tmp_path / "trace")
+    version = mlflow_client(settings).get_model_version("tiny", result.model_version)
+    assert traced.version["version"] == result.model_version and traced.run["run_id"] == result.run_id
+    assert traced.version["git_commit"] == version.tags["lensops.git_commit"] != ""
+    assert traced.version["data_hash"] == version.tags["lensops.data_hash"]
+    assert traced.request["label"] == request["predicted"] and traced.run["params"]  # the answer, the run's params
+    nearest = traced.neighbours[0]
+    assert "training split" in traced.neighbours_from and len(traced.neighbours) == 3
+    assert nearest["path"] == sent["path"].iloc[0] and nearest["distance"] < 1e-3  # the image itself
+    assert nearest["label"] == sent["label"].iloc[0] and nearest["source"] == "original"
+    assert [n["distance"] for n in traced.neighbours] == sorted(n["distance"] for n in traced.neighbours)
+    assert Path(traced.files["grid"]).stat().st_size > 0 and Path(traced.files["json"]).is_file()
+
+    overrides = ["-S", f"monitoring.log_dir={tmp_path / 'log'}", *[a for o in TINY_TRAINING for a in ("-S", o)]]
+    params = ["--params", str(settings.root / "params.yaml")]
+    shown = cli(*params, "trace", request["request_id"], "--json", "--out", str(tmp_path / "cli"), *overrides)
+    assert shown.exit_code == 0 and json.loads(shown.output)["version"]["version"] == result.model_version
+    unknown = cli(*params, "trace", "no-such-request", *overrides)
+    assert unknown.exit_code == 2 and "no-such-request" in unknown.output
+
+
 def test_lensops_loader_gives_mlflows_answers(trained, tmp_path, monkeypatch):
     """Every stage loads a version through `ModelVersion.network`; on the CPU it must equal MLflow's own loader."""
     from lensops.core.model_artifact import load_network
