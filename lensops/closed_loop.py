@@ -39,6 +39,7 @@ console = Console()
 DVC_REMOTE = ".dvc-storage"  # the demo's local DVC remote; git-ignored
 TRAFFIC = Path("reports/demo")  # the demo's traffic folders
 TRACE = Path("reports/demo_trace")  # `lensops trace` of one wrong answer
+CARD = Path("reports/demo_card")  # the champion's model card
 LABELS = 600  # images the scripted labeller labels (of about 1,500 shifted images sent, most captured)
 STATE = (
     "reports/production_log",
@@ -89,7 +90,7 @@ class ClosedLoop:
         shutil.rmtree(raw / ".provenance", ignore_errors=True)
         if stale:
             console.print(f"removed {len(stale)} images an earlier demo run added to data/raw")
-        for folder in (TRAFFIC, TRACE, *STATE):
+        for folder in (TRAFFIC, TRACE, CARD, *STATE):
             shutil.rmtree(self.root / folder, ignore_errors=True)
         for name in ("demo_served.json", "demo_summary.json"):
             (self.root / "reports" / name).unlink(missing_ok=True)
@@ -264,6 +265,7 @@ def after_steps(loop: ClosedLoop) -> list[Step]:
         Step("drift on inverted digits: drift expected", action=lambda: loop.drift("uncovered"), expect=(4,)),
         Step("stop serving", action=loop.stop_server),
         Step("list the registered versions", [lensops, "models"]),
+        Step("write the champion's model card", [lensops, "card", "--out", str(CARD)]),
         Step("push the pipeline outputs", [dvc, "push", "--quiet"]),
         Step("show DVC metrics", [dvc, "metrics", "show"]),
     ]

@@ -52,6 +52,8 @@ def summarize(loop: ClosedLoop, steps: list[Step], seconds: float) -> dict:
             "request": traced["request"], "version": {k: v for k, v in traced["version"].items() if k != "tags"},
             "neighbours": traced["neighbours"], "grid": traced["files"]["grid"], "sent": loop.results.get("traced"),
         }  # fmt: skip
+    if (card := loop.root / "reports" / "demo_card" / "card.html").is_file():
+        results["card"] = {"html": str(card), "markdown": str(card.with_suffix(".md"))}
     summary = loop.root / "reports" / "demo_summary.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(results, indent=2) + "\n")
@@ -164,6 +166,8 @@ def _lines(summary: dict) -> list[str]:
             f"{traced['request']['label']}: its nearest training images are labelled {nearest} "
             f"(commit {traced['version']['git_commit'][:12]}, data {traced['version']['data_hash']}; {traced['grid']})"
         )
+    if card := summary.get("card"):
+        lines.append(f"the champion's model card: {card['html']}")
     if near := summary.get("near_duplicates"):
         lines.append(
             f"near-duplicate groups in the digits: {near['groups']} ({near['images']} images), "

@@ -67,7 +67,7 @@ def trace(settings: Settings, request_id: str, *, k: int = 8, out: Path | None =
         version=about,
         run=run,
         review=_review(about["tags"]),
-        moves=_moves(about["tags"]),
+        moves=alias_moves(about["tags"]),
         neighbours=neighbours,
         neighbours_from=source,
     )
@@ -142,7 +142,7 @@ def _review(tags: dict[str, str]) -> dict | None:
     }
 
 
-def _moves(tags: dict[str, str]) -> list[dict]:
+def alias_moves(tags: dict[str, str]) -> list[dict]:
     """The latest move of each alias onto this version (who, when, why), oldest first."""
     moves = []
     for alias in ALIASES:

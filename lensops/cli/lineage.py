@@ -1,4 +1,4 @@
-"""Lineage commands: trace an answer back to its version, run, code, data and nearest training images."""
+"""Lineage commands: trace an answer back to its version, run, code and data; a model card for a version."""
 
 from __future__ import annotations
 
@@ -15,6 +15,22 @@ from .common import Overrides, out, settings_for
 
 def register(app: typer.Typer) -> None:
     app.command("trace")(trace_command)
+    app.command("card")(card_command)
+
+
+def card_command(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="A version reference (default @champion).")] = None,
+    intended_use: Annotated[str | None, typer.Option("--intended-use", help="What the model is for.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for card.md, card.html and the chart.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """A model card (Markdown and self-contained HTML) for a version, logged to its training run."""
+    from training.card import DEFAULT_USE, card
+
+    written = card(settings_for(ctx, overrides), version, intended_use=intended_use or DEFAULT_USE, out=out_dir)
+    logged = f"; logged to run {written.run_id} under card/" if written.run_id else ""
+    out.print(f"model card: {escape(str(written.md))} and {escape(str(written.html))}{logged}", soft_wrap=True)
 
 
 def trace_command(

@@ -139,6 +139,9 @@ def test_demo_runs_the_pipeline_on_the_digits_against_the_team_stack(tmp_path: P
     assert traced["sent"]["label"] != traced["sent"]["predicted"] == traced["request"]["label"]
     assert traced["version"]["version"] == "1" and traced["request"]["request_id"] == traced["sent"]["request_id"]
     assert len(traced["neighbours"]) == 8 and Path(traced["grid"]).stat().st_size > 0
+    card = Path(summary["card"]["markdown"]).read_text()  # the champion's card: v2, reviewed, judged in production
+    assert card.startswith('---\nmodel_name: "digits"\nversion: "2"') and "Verdict **promote** against v1" in card
+    assert card.count("| no_drift |") >= 1 and card.count("| drift |") >= 1  # after retraining, then inverted digits
     assert summary["retrained"] is True and summary["promoted_version"] == "2"
     assert summary["reviewed_version"] == "2" and summary["review_verdict"] == "promote"
     assert set(summary["slices"]["challenger"]) == {"source=original", "source=production"}

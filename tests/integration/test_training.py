@@ -179,6 +179,29 @@ def test_trace_leads_from_an_answer_to_its_version_run_commit_and_nearest_traini
     assert unknown.exit_code == 2 and "no-such-request" in unknown.output
 
 
+def test_model_card_has_every_section_and_is_logged_to_the_run(trained, tmp_path, cli):
+    from training.card import card
+
+    settings, result = trained
+    use = "<script>alert(1)</script> Sorting scanned digits."
+    written = card(settings, result.model_version, intended_use=use, out=tmp_path / "card")
+    text = written.md.read_text()
+    for section in ("What it is for", "Data", "Evaluation", "Review", "Promotion history", "Drift in production",
+                    "Lineage", "Reproduce"):  # fmt: skip
+        assert f"## {section}" in text
+    assert text.startswith('---\nmodel_name: "tiny"') and result.run_id in text
+    for label, metrics in result.test_metrics["per_class"].items():
+        assert f"| {label} | {metrics['precision']:.4f} | {metrics['recall']:.4f} |" in text
+    page = written.html.read_text()
+    assert "data:image/png;base64," in page and "<script>" not in page and "Sorting scanned digits." in page
+    logged = {f.path for f in mlflow_client(settings).list_artifacts(result.run_id, "card")}
+    assert logged == {"card/card.md", "card/card.html", "card/per_class.png"}
+
+    shown = cli("--params", str(settings.root / "params.yaml"), "card", "@challenger", "--out", str(tmp_path / "cli"),
+                *[a for o in TINY_TRAINING for a in ("-S", o)])  # fmt: skip
+    assert shown.exit_code == 0 and (tmp_path / "cli" / "card.html").is_file()
+
+
 def test_lensops_loader_gives_mlflows_answers(trained, tmp_path, monkeypatch):
     """Every stage loads a version through `ModelVersion.network`; on the CPU it must equal MLflow's own loader."""
     from lensops.core.model_artifact import load_network
