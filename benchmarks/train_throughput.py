@@ -8,6 +8,8 @@ epochs on the same image files, on this machine, in one run:
   plain+tracking   the same with lensops' MLflow tracking on (run, params, per-epoch async metrics)
   lensops          `train()`: Ray Train workers fed by Ray Data (`train.input=ray_data`)
   lensops+loader   `train()` with a torch DataLoader inside each worker (`train.input=dataloader`)
+  lensops default  `train()` as `lensops train` runs with no settings (`train.input=auto`: the path it picks
+                   for the cluster Ray sees is printed)
 
 Images/s is the median over the epochs after the first (warm-up: process and pipeline start),
 training pass only, as the training loop itself reports it. Ratios are against `plain`.
@@ -156,7 +158,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="per Ray Train worker")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     parser.add_argument("--loader-workers", type=int, default=1, help="DataLoader processes of the plain loop")
-    parser.add_argument("--rows", default="compute,plain,tracking,lensops,loader", help="comma-separated subset")
+    parser.add_argument(
+        "--rows", default="compute,plain,tracking,lensops,loader,default", help="comma-separated subset"
+    )
     args = parser.parse_args()
     rows = set(args.rows.split(","))
 
@@ -194,13 +198,20 @@ def main() -> None:
         if torch.cuda.is_available() and "compute" in rows:
             results["compute only, fp32"] = steady(plain_loop(settings, tracking=False, synthetic=True, amp=False))
         if "lensops" in rows:
-            rates, wall["lensops"] = lensops_run(settings)
+            rates, wall["lensops"] = lensops_run(settings.updated({"train.input": "ray_data"}))
             results["lensops"] = steady(rates)
         if "loader" in rows:
             rates, wall["lensops+loader"] = lensops_run(
                 settings.updated({"train.input": "dataloader", "train.loader_workers": 0})
             )
             results["lensops+loader"] = steady(rates)
+        if "default" in rows:
+            from training.trainer import choose_input
+
+            auto = settings.updated({"train.input": "auto"})
+            rates, wall["lensops default"] = lensops_run(auto)
+            results["lensops default"] = steady(rates)
+            print("the default input path here:", *choose_input(auto))
 
         base = results.get("plain")
         print(f"\n{'row':<22}{'images/s':>10}{'vs plain':>10}{'wall s':>9}")

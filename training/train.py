@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lensops.core import tags as T
 from lensops.core.compute import ensure_ray
 from lensops.core.model_artifact import baseline_frame, register_model
 from lensops.core.registry import Registry
@@ -34,6 +35,7 @@ from .trainer import (
     TrainingError,
     best_model,
     build_trainer,
+    choose_input,
     fit_and_watch,
     load_training_data,
     scaling_config,
@@ -67,6 +69,10 @@ def train(
         else tracking.start_run(registry, settings, parent_run_id=parent_run_id)
     )
     tracking.log_run_inputs(registry, run_id, settings, data, lineage_tags(settings, data.prepared, data.raw))
+    chosen, why = choose_input(settings)
+    registry.client().set_tag(run_id, T.TRAIN_INPUT, chosen)
+    if progress:
+        print(f"input: {chosen} ({why})", flush=True)
 
     started = time.perf_counter()
     result, history = _fit(settings, data, registry, run_id, progress=progress)

@@ -150,8 +150,9 @@ class TrainSettings(Section):
     early_stopping_patience: int = Field(5, ge=1, description="epochs without a better val_accuracy")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
     use_gpu: bool | Literal["auto"] = "auto"
-    input: Literal["ray_data", "dataloader"] = Field(
-        "ray_data", description="ray_data: decode in Ray Data tasks; dataloader: a torch DataLoader in each worker"
+    input: Literal["auto", "ray_data", "dataloader"] = Field(
+        "auto",
+        description="ray_data: decode in Ray Data tasks; dataloader: a DataLoader in each worker; auto: see README",
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker when input is dataloader")
     seed: int = 42

@@ -36,6 +36,7 @@ LINEAGE = (GIT_COMMIT, DATA_HASH, PARAMS_HASH, RAW_HASH, CODE_HASH, TRAINING_PAR
 
 # On a version: what it scored when it was registered.
 TEST_ACCURACY = "lensops.test_accuracy"
+TRAIN_INPUT = "lensops.train.input"  # the input path a run used (train.input, with `auto` decided)
 
 # Links between runs (values are MLflow run ids).
 TRAINING_RUN = "lensops.link.training_run"  # a version's training run; a retrain run's training run

@@ -29,7 +29,8 @@ def trained(ray_session, digits_project, tmp_path_factory):
     # Eight images a step: two epochs are then enough steps for the batch-norm running statistics,
     # which evaluation uses, to catch up with the weights (at sixteen, validation sometimes saw a
     # network that still answered one class).
-    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.batch_size=8"])
+    # Ray Data named: `auto` picks a DataLoader per worker on one node; this run keeps Ray Data tested.
+    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.batch_size=8", "train.input=ray_data"])
     result = train(settings, progress=False)
     return settings, result
 
@@ -301,7 +302,11 @@ cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, include_dashboard=False)
 try:
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    result = train(load_settings(sys.argv[1], sys.argv[2:]), progress=False)
+    from training.trainer import choose_input
+
+    settings = load_settings(sys.argv[1], sys.argv[2:])
+    print("INPUT", choose_input(settings)[0])  # auto: Ray Data on a cluster of several nodes
+    result = train(settings, progress=False)
     print("ACCURACY", result.test_metrics["accuracy"])
 finally:
     ray.shutdown()
@@ -321,7 +326,7 @@ def test_training_across_a_two_node_cluster(digits_project, tmp_path):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "ACCURACY" in out.stdout
+    assert "ACCURACY" in out.stdout and "INPUT ray_data" in out.stdout
 
 
 def test_tune_stops_a_hopeless_trial_and_logs_child_runs(ray_session, digits_project, tmp_path):
@@ -379,14 +384,15 @@ def test_invalid_search_space_is_a_usage_error(cli, digits_project, monkeypatch,
     assert message in result.output
 
 
-def test_training_with_a_dataloader_per_worker(ray_session, digits_project, tmp_path):
-    """train.input=dataloader: each worker reads its share through a torch DataLoader instead of Ray Data."""
+def test_training_by_default_on_one_node_uses_a_dataloader_per_worker(ray_session, digits_project, tmp_path):
+    """train.input=auto (the default) on one node without a GPU: each worker reads its share through a DataLoader."""
     from training.train import train
 
     root = project_copy(digits_project, tmp_path / "project")
-    settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.input=dataloader"])
+    settings = load_settings(root / "params.yaml", TINY_TRAINING)
+    assert settings.train.input == "auto"
     result = train(settings, progress=False)
     assert list(result.history.epoch) == [0, 1]
     assert result.test_metrics["accuracy"] > 0.6
     run = mlflow_client(settings).get_run(result.run_id)
-    assert run.data.params["train.input"] == "dataloader"
+    assert run.data.params["train.input"] == "auto" and run.data.tags["lensops.train.input"] == "dataloader"
