@@ -65,14 +65,16 @@ def test_clean_held_out_traffic_is_not_drift_over_seeds(monitored, tmp_path):
     settings = monitored
     clean = images_of(settings.root, "clean")
     assert len(clean) >= 60
-    for seed in range(5):  # other draws of held-out images, and another seed for the test itself
-        picked = list(np.random.default_rng(seed).choice(clean, size=len(clean), replace=True))
+    # Other draws of held-out images (distinct ones: a bootstrap repeats images, and an image sent
+    # three times is a real excess the cluster test rightly flags), and another seed for the test.
+    for seed in range(5):
+        picked = list(np.random.default_rng(seed).choice(clean, size=int(0.85 * len(clean)), replace=False))
         log_dir = tmp_path / f"log{seed}"
         write_log(settings, picked, log_dir)
         seeded = settings.updated({"monitoring.log_dir": str(log_dir), "drift.seed": seed})
         result = run_drift(seeded, report_dir=tmp_path / f"report{seed}", html=False, track=False)
         assert result.verdict == "no_drift", (seed, result.score)
-        assert result.score < settings.drift.novelty_share and result.n_current == len(clean)
+        assert result.score < settings.drift.novelty_share and result.n_current == len(picked)
         assert {"predicted_label", "brightness", "contrast", "width", "height"} <= set(result.details)
         breakdown = result.details["breakdown"]  # nothing to explain: no class and no cluster flagged
         assert breakdown["flagged_classes"] == [] and breakdown["flagged_clusters"] == [], (seed, breakdown)
