@@ -5,10 +5,17 @@ with CPUs, so preprocessing scales apart from the (GPU) training workers. Traini
 get the albumentations pipeline; validation batches get exactly the evaluation transform.
 Image paths must be readable from every node (a shared or object-store-backed folder on a
 cluster; the local disk on one machine).
+
+Randomness (see the README's "What is deterministic"): with `train.deterministic` every training
+image's augmentation is drawn from its own seed, `(train.seed, epoch, index)`, and each worker's
+order is `DistributedSampler`'s, on either input path, so a run depends on nothing but its seed
+and the number of workers. Without it, the DataLoader path seeds one stream per rank and loader
+process, and the Ray Data path draws fresh entropy per batch.
 """
 
 from __future__ import annotations
 
+import random
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.images import ImageRejected
 from data.transforms import (
     PreprocessingSpec,
     build_augmentation,
@@ -27,28 +35,48 @@ from data.transforms import (
 )
 
 
+class CorruptImage(RuntimeError):
+    """A training image that no longer decodes: named, so that the data can be mended."""
+
+
 class DecodeBatch:
-    """A callable class for `map_batches`: built once per task/actor, applied to each batch."""
+    """A callable class for `map_batches`: built once per task/actor, applied to each batch.
+
+    `seed` seeds the augmentation stream; rows that carry `epoch` and `index` columns (the
+    deterministic path) each get the stream of their own seed instead.
+    """
 
     def __init__(self, raw: str, spec: dict[str, Any], augment: list | None, seed: int | None = None):
         self.raw = Path(raw)
         self.spec = PreprocessingSpec.model_validate(spec)
+        self.seed, self.pipeline = seed, None
         if augment is not None:
-            import albumentations as A
-
-            pipeline = build_augmentation(augment)
+            self.pipeline = build_augmentation(augment)
             if seed is not None:
-                pipeline = A.Compose(pipeline.transforms, seed=seed)
-            self.transform = train_transform(self.spec, pipeline)
+                self.pipeline.set_random_seed(seed)
+            self.transform = train_transform(self.spec, self.pipeline)
         else:
             to_tensor = eval_transform(self.spec)
             self.transform = lambda image: to_tensor(image).numpy()
 
-    def image(self, path: str) -> np.ndarray:
-        return self.transform(decode((self.raw / path).read_bytes()))
+    def image(self, path: str, sample: tuple[int, int] | None = None) -> np.ndarray:
+        """One image through the transform; `sample` = (epoch, index) draws its augmentation from its own seed."""
+        if sample is not None and self.pipeline is not None and self.seed is not None:
+            key = [self.seed, *sample]
+            self.pipeline.set_random_state(np.random.default_rng(key), random.Random(repr(key)))
+        file = self.raw / path
+        try:
+            image = decode(file.read_bytes())
+        except ImageRejected as e:
+            raise CorruptImage(f"{file}: no longer decodes ({e}); restore it or run `lensops data prepare`") from None
+        return self.transform(image)
 
     def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        images = [self.image(p) for p in batch["path"]]
+        if "index" in batch:
+            samples = zip(batch["epoch"].astype(int), batch["index"].astype(int), strict=True)
+            images = [self.image(p, s) for p, s in zip(batch["path"], samples, strict=True)]
+        else:
+            images = [self.image(p) for p in batch["path"]]
         return {"image": np.stack(images).astype(np.float32), "label": batch["label_index"].to_numpy(np.int64)}
 
 
@@ -93,9 +121,40 @@ def make_dataset(
 
 
 def _decode_batch(
-    batch: pd.DataFrame, *, raw: str, spec: dict[str, Any], augment: list | None
+    batch: pd.DataFrame, *, raw: str, spec: dict[str, Any], augment: list | None, seed: int | None = None
 ) -> dict[str, np.ndarray]:
-    return DecodeBatch(raw, spec, augment)(batch)
+    return DecodeBatch(raw, spec, augment, seed)(batch)
+
+
+def epoch_order(n: int, *, epoch: int, rank: int, world: int, shuffle: bool, seed: int) -> list[int]:
+    """This worker's rows of an epoch, in order: `DistributedSampler`'s, whichever input path reads them."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def seeded_dataset(rows: dict[str, list], order: list[int], epoch: int, raw: str, spec: dict[str, Any], **kw: Any):
+    """One worker's epoch as a Ray Dataset in `order`, each image augmented from its own seed (`kw`: augment, seed).
+
+    Built by the worker for each epoch, so the epoch is known to every decoding task; the caller
+    sets `preserve_order` so batches arrive in `order` as a DataLoader would give them.
+    """
+    import ray
+
+    frame = pd.DataFrame(
+        {
+            "path": [rows["path"][i] for i in order],
+            "label_index": [rows["label_index"][i] for i in order],
+            "index": order,
+            "epoch": epoch,
+        }
+    )
+    blocks = max(1, min(64, len(frame) // 128))
+    return ray.data.from_pandas(frame, override_num_blocks=blocks).map_batches(
+        _decode_batch, fn_kwargs={"raw": raw, "spec": spec, **kw}, batch_format="pandas", num_cpus=0.25
+    )
 
 
 def stats_of(frame: pd.DataFrame, raw: Path) -> pd.DataFrame:
@@ -114,20 +173,44 @@ def load_images(frame: pd.DataFrame, raw: Path, spec: PreprocessingSpec) -> np.n
 
 
 class ManifestImages:
-    """A map-style torch dataset over manifest rows, decoding in the training process (or its loader workers)."""
+    """A map-style torch dataset over manifest rows, decoding in the training process (or its loader workers).
 
-    def __init__(self, rows: dict[str, list], raw: str, spec: dict[str, Any], augment: list | None, seed: int | None):
+    Keys are (index, epoch) pairs from `EpochSampler`. With `per_sample`, each image's augmentation
+    comes from (seed, epoch, index); without, each loader process has its own stream, seeded from
+    (seed, rank, loader process).
+    """
+
+    def __init__(self, rows, raw: str, spec: dict[str, Any], augment: list | None, seed: int, *, rank: int = 0,
+                 per_sample: bool = False):  # fmt: skip
         self.paths, self.labels = rows["path"], rows["label_index"]
-        self.args = (raw, spec, augment, seed)
+        self.args, self.seed, self.rank, self.per_sample = (raw, spec, augment), seed, rank, per_sample
         self.decoder: DecodeBatch | None = None  # built lazily: once per loader process
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         if self.decoder is None:
-            self.decoder = DecodeBatch(*self.args)
-        return {"image": self.decoder.image(self.paths[i]).astype(np.float32), "label": int(self.labels[i])}
+            from torch.utils.data import get_worker_info
+
+            info = get_worker_info()
+            stream = np.random.SeedSequence([self.seed, self.rank, info.id + 1 if info else 0]).generate_state(1)[0]
+            self.decoder = DecodeBatch(*self.args, seed=self.seed if self.per_sample else int(stream))
+        sample = (epoch, i) if self.per_sample else None
+        return {"image": self.decoder.image(self.paths[i], sample).astype(np.float32), "label": int(self.labels[i])}
+
+
+def _epoch_sampler():
+    from torch.utils.data import DistributedSampler
+
+    class EpochSampler(DistributedSampler):
+        """`DistributedSampler`'s order, each index paired with the epoch (for per-image seeds)."""
+
+        def __iter__(self):
+            return ((i, self.epoch) for i in super().__iter__())
+
+    return EpochSampler
 
 
 def torch_loader(
@@ -141,13 +224,14 @@ def torch_loader(
     rank: int,
     world: int,
     workers: int,
+    deterministic: bool = False,
 ):
-    """A DataLoader over this worker's share of the rows (DistributedSampler, reshuffled per epoch)."""
+    """A DataLoader over this worker's share of the rows (reshuffled per epoch: call `sampler.set_epoch`)."""
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
-    dataset = ManifestImages(rows, raw, spec, augment, seed)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=augment is not None, seed=seed)
+    dataset = ManifestImages(rows, raw, spec, augment, seed, rank=rank, per_sample=deterministic)
+    sampler = _epoch_sampler()(dataset, num_replicas=world, rank=rank, shuffle=augment is not None, seed=seed)
     return DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
@@ -155,6 +239,8 @@ def torch_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        # Its own generator: each iterator draws a seed, which must not move torch's global RNG (dropout's).
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

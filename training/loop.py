@@ -24,6 +24,7 @@ from lensops.core.settings import TrainSettings
 from .models import create_model
 
 STATE_FILE = "state.pt"
+DTYPES = {"image": torch.float32, "label": torch.int64}
 
 
 def seed_everything(seed: int) -> None:
@@ -118,7 +119,6 @@ def _input(config: dict[str, Any], cfg: TrainSettings, rank: int):
     """`batches(split, epoch)`: this worker's batches, from its Ray Data shard or its own DataLoader."""
     import ray.train
 
-    dtypes = {"image": torch.float32, "label": torch.int64}
     if cfg.input == "dataloader":
         from .datasets import torch_loader
 
@@ -128,7 +128,7 @@ def _input(config: dict[str, Any], cfg: TrainSettings, rank: int):
                 config["rows"][split], config["raw"], spec,
                 augment=cfg.augment if split == "train" else None, seed=cfg.seed,
                 batch_size=cfg.batch_size if split == "train" else 256,
-                rank=rank, world=config["world_size"], workers=cfg.loader_workers,
+                rank=rank, world=config["world_size"], workers=cfg.loader_workers, deterministic=cfg.deterministic,
             )
             for split in ("train", "val")
         }  # fmt: skip
@@ -138,17 +138,46 @@ def _input(config: dict[str, Any], cfg: TrainSettings, rank: int):
             return loaders[split]
 
         return from_loader
+    if cfg.deterministic:
+        return _seeded_ray_data(config, cfg, rank)
 
     shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
 
     def from_ray_data(split: str, epoch: int):
         if split == "train":
             return shards[split].iter_torch_batches(
-                batch_size=cfg.batch_size, dtypes=dtypes, local_shuffle_buffer_size=4 * cfg.batch_size
+                batch_size=cfg.batch_size, dtypes=DTYPES, local_shuffle_buffer_size=4 * cfg.batch_size
             )
-        return shards[split].iter_torch_batches(batch_size=256, dtypes=dtypes)
+        return shards[split].iter_torch_batches(batch_size=256, dtypes=DTYPES)
 
     return from_ray_data
+
+
+def _seeded_ray_data(config: dict[str, Any], cfg: TrainSettings, rank: int):
+    """Deterministic Ray Data: per epoch, this worker decodes its sampler rows in order, seeded per image."""
+    import ray
+
+    from .datasets import epoch_order, seeded_dataset
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    spec = cfg.preprocessing.model_dump()
+
+    def from_seeded(split: str, epoch: int):
+        rows, train = config["rows"][split], split == "train"
+        order = epoch_order(len(rows["path"]), epoch=epoch, rank=rank, world=config["world_size"], shuffle=train,
+                            seed=cfg.seed)  # fmt: skip
+        augment = {"augment": cfg.augment, "seed": cfg.seed} if train else {"augment": None}
+        dataset = seeded_dataset(rows, order, epoch, config["raw"], spec, **augment)
+        return dataset.iter_torch_batches(batch_size=cfg.batch_size if train else 256, dtypes=DTYPES)
+
+    return from_seeded
+
+
+def _deterministic_torch() -> None:
+    """Deterministic kernels (and the cuBLAS workspace they need on a GPU), no cuDNN autotuning."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def _setup(config: dict[str, Any], cfg: TrainSettings):
@@ -179,7 +208,6 @@ def _resume(plain, optimizer, schedule, device, cfg: TrainSettings) -> tuple[int
     plain.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    seed_everything(cfg.seed + state["epoch"] + 1)  # fresh augmentation order, not a replay of epoch 0
     return state["epoch"] + 1, state["best"], state["stale"]
 
 
@@ -200,6 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = TrainSettings.model_validate(config["train"])
+    if cfg.deterministic:
+        _deterministic_torch()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     config["world_size"] = context.get_world_size()
@@ -210,6 +240,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     common = {"device": device, "criterion": criterion, "cfg": cfg, "channels_last": device.type == "cuda"}
     for epoch in range(start_epoch, cfg.epochs):
         _maybe_fail(config, epoch, rank)
+        # Dropout's draws: their own per rank and epoch, so a resumed run continues as an unbroken one would.
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, epoch]).generate_state(1)[0]))
         train = run_epoch(model, batches("train", epoch), optimizer=optimizer, schedule=schedule, **common)
         val = run_epoch(model, batches("val", epoch), **common)
         improved = val["accuracy"] > best

@@ -8,7 +8,9 @@ progress on the driver and each epoch's metrics sent to MLflow as they arrive.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +63,39 @@ def load_training_data(settings: Settings) -> TrainingData:
     if cfg.weights is not None and not settings.path(cfg.weights).is_file():
         raise ModelError(f"train.weights: {settings.path(cfg.weights)} does not exist")
     augmentation = build_augmentation(cfg.augment)  # AugmentationError naming the nearest transform or argument
+    verify_images(manifest, raw)
     frames = [split_frame(manifest, s) for s in ("train", "val", "test")]
     if any(len(f) == 0 for f in frames):
         raise TrainingError(
             "the prepared dataset has an empty train, val or test split; check prepare.val and prepare.test"
         )
     return TrainingData(manifest, classes, raw, prepared, *frames, augmentation)
+
+
+def verify_images(manifest: pd.DataFrame, raw: Path) -> None:
+    """Every image still holds what `prepare` hashed: one that changed, went missing or no longer decodes
+    stops the run here, named, instead of failing a worker mid-epoch (and again on every retry)."""
+    if "sha256" not in manifest:
+        return
+
+    def problem(path: str, sha256: str) -> str | None:
+        file = raw / path
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            return f"{file}: cannot be read ({e.strerror})"
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return f"{file}: changed since it was prepared (its sha256 no longer matches the manifest)"
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = [p for p in pool.map(problem, manifest["path"], manifest["sha256"]) if p]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise TrainingError(
+            f"{len(problems)} prepared image(s) no longer match the dataset:\n  {shown}\n"
+            "restore them (`dvc checkout data/raw`) or prepare again (`lensops data prepare`)"
+        )
 
 
 def scaling_config(settings: Settings):
@@ -113,7 +142,7 @@ def loop_config(settings: Settings, data: TrainingData) -> dict[str, Any]:
     if cfg.weights is not None:
         config["train"]["weights"] = str(settings.path(cfg.weights))
     config["train"]["input"] = choose_input(settings)[0]  # the workers never see `auto`
-    if config["train"]["input"] == "dataloader":
+    if config["train"]["input"] == "dataloader" or cfg.deterministic:  # each worker builds its own input
         config["raw"] = str(data.raw)
         config["rows"] = {"train": frame_rows(data.train), "val": frame_rows(data.val)}
     return config
@@ -122,7 +151,7 @@ def loop_config(settings: Settings, data: TrainingData) -> dict[str, Any]:
 def trainer_datasets(settings: Settings, data: TrainingData) -> dict[str, Any]:
     """Ray Datasets that decode (and, for training, augment) on CPU and stream to the workers."""
     cfg = settings.train
-    if choose_input(settings)[0] == "dataloader":
+    if choose_input(settings)[0] == "dataloader" or cfg.deterministic:
         return {}  # each worker reads its share itself (see loop_config)
     return {
         "train": make_dataset(

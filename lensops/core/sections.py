@@ -156,6 +156,7 @@ class TrainSettings(Section):
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per worker when input is dataloader")
     seed: int = 42
+    deterministic: bool = Field(False, description="identical weights from identical inputs; see the README")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="worker failures a run survives, resuming from its checkpoint")
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)

@@ -384,15 +384,28 @@ def test_invalid_search_space_is_a_usage_error(cli, digits_project, monkeypatch,
     assert message in result.output
 
 
-def test_training_by_default_on_one_node_uses_a_dataloader_per_worker(ray_session, digits_project, tmp_path):
-    """train.input=auto (the default) on one node without a GPU: each worker reads its share through a DataLoader."""
+def final_weights(settings, run_id: str) -> dict[str, torch.Tensor]:
+    """The weights of a run's last checkpoint, as the worker saved them."""
+    files = settings.path("ray_results").glob(f"{run_id}/checkpoint_*/state.pt")
+    states = [torch.load(file, weights_only=True) for file in files]
+    return max(states, key=lambda state: state["epoch"])["model"]
+
+
+def test_deterministic_runs_give_identical_weights_on_either_input_path(ray_session, digits_project, tmp_path):
+    """train.input=auto (the default) on one node without a GPU reads through a DataLoader per worker; with
+    train.deterministic the Ray Data path gives the very same weights, so both depend on the seed alone."""
     from training.train import train
 
-    root = project_copy(digits_project, tmp_path / "project")
-    settings = load_settings(root / "params.yaml", TINY_TRAINING)
-    assert settings.train.input == "auto"
-    result = train(settings, progress=False)
-    assert list(result.history.epoch) == [0, 1]
-    assert result.test_metrics["accuracy"] > 0.6
-    run = mlflow_client(settings).get_run(result.run_id)
-    assert run.data.params["train.input"] == "auto" and run.data.tags["lensops.train.input"] == "dataloader"
+    weights = {}
+    for name, overrides in {"auto": [], "ray_data": ["train.input=ray_data"]}.items():
+        root = project_copy(digits_project, tmp_path / name)
+        settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.deterministic=true", *overrides])
+        result = train(settings, progress=False)
+        assert list(result.history.epoch) == [0, 1] and result.test_metrics["accuracy"] > 0.6
+        run = mlflow_client(settings).get_run(result.run_id)
+        assert run.data.params["train.deterministic"] == "True"
+        assert run.data.tags["lensops.train.input"] == {"auto": "dataloader", "ray_data": "ray_data"}[name]
+        weights[name] = final_weights(settings, result.run_id)
+    assert weights["auto"].keys() == weights["ray_data"].keys()
+    different = [k for k in weights["auto"] if not torch.equal(weights["auto"][k], weights["ray_data"][k])]
+    assert different == []
