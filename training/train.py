@@ -75,7 +75,7 @@ def train(
         print(f"input: {chosen} ({why})", flush=True)
 
     started = time.perf_counter()
-    result, history = _fit(settings, data, registry, run_id, progress=progress)
+    result, history = _fit(settings, data, registry, run_id, progress=progress, input_path=chosen)
     seconds = time.perf_counter() - started
     if resume:  # the learning curves cover the whole run, not only the epochs after the restart
         history = _with_earlier_epochs(registry, run_id, history)
@@ -91,7 +91,7 @@ def train(
     return TrainResult(run_id, version, test.metrics, history, len(history), stopped, extra)
 
 
-def _fit(settings: Settings, data: TrainingData, registry: Registry, run_id: str, *, progress: bool):
+def _fit(settings: Settings, data: TrainingData, registry: Registry, run_id: str, *, progress: bool, input_path: str):
     """The Ray Train run, with progress; on failure the MLflow run ends FAILED and says how to resume."""
     import ray.util.queue
 
@@ -101,7 +101,7 @@ def _fit(settings: Settings, data: TrainingData, registry: Registry, run_id: str
         extra["fail_once"] = {"epoch": int(fault), "marker": str(settings.path("ray_results") / f"{run_id}.failed")}
     storage, callbacks = settings.path("ray_results"), [ForwardReports(queue)]
     run_config = training_run_config(settings, name=run_id, storage=storage, callbacks=callbacks)
-    trainer = build_trainer(settings, data, run_config, extra=extra)
+    trainer = build_trainer(settings, data, run_config, extra=extra, input_path=input_path)
     try:
         result, history = fit_and_watch(
             trainer, queue, epochs=settings.train.epochs, registry=registry, run_id=run_id, progress=progress

@@ -131,7 +131,7 @@ def choose_input(settings: Settings) -> tuple[str, str]:
     return "dataloader", "auto: one node without a GPU, where a DataLoader per worker is faster than Ray Data"
 
 
-def loop_config(settings: Settings, data: TrainingData) -> dict[str, Any]:
+def loop_config(settings: Settings, data: TrainingData, input_path: str) -> dict[str, Any]:
     """What every worker's loop needs (plain JSON: it travels to the workers)."""
     cfg = settings.train
     config = {
@@ -141,17 +141,17 @@ def loop_config(settings: Settings, data: TrainingData) -> dict[str, Any]:
     }
     if cfg.weights is not None:
         config["train"]["weights"] = str(settings.path(cfg.weights))
-    config["train"]["input"] = choose_input(settings)[0]  # the workers never see `auto`
+    config["train"]["input"] = input_path  # the workers never see `auto`
     if config["train"]["input"] == "dataloader" or cfg.deterministic:  # each worker builds its own input
         config["raw"] = str(data.raw)
         config["rows"] = {"train": frame_rows(data.train), "val": frame_rows(data.val)}
     return config
 
 
-def trainer_datasets(settings: Settings, data: TrainingData) -> dict[str, Any]:
+def trainer_datasets(settings: Settings, data: TrainingData, input_path: str) -> dict[str, Any]:
     """Ray Datasets that decode (and, for training, augment) on CPU and stream to the workers."""
     cfg = settings.train
-    if choose_input(settings)[0] == "dataloader" or cfg.deterministic:
+    if input_path == "dataloader" or cfg.deterministic:
         return {}  # each worker reads its share itself (see loop_config)
     return {
         "train": make_dataset(
@@ -161,16 +161,20 @@ def trainer_datasets(settings: Settings, data: TrainingData) -> dict[str, Any]:
     }
 
 
-def build_trainer(settings: Settings, data: TrainingData, run_config, *, extra: dict | None = None):
-    """The TorchTrainer of one run: DDP workers sized from what Ray sees, the per-worker loop, its input."""
+def build_trainer(
+    settings: Settings, data: TrainingData, run_config, *, extra: dict | None = None, input_path: str | None = None
+):
+    """The TorchTrainer of one run: DDP workers sized from what Ray sees, the per-worker loop, its input
+    (`input_path`: `choose_input`'s answer when the caller already asked)."""
     from ray.train.torch import TorchTrainer
 
+    input_path = input_path or choose_input(settings)[0]
     Path(run_config.storage_path).mkdir(parents=True, exist_ok=True)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop_config(settings, data), **(extra or {})},
+        train_loop_config={**loop_config(settings, data, input_path), **(extra or {})},
         scaling_config=scaling_config(settings)[0],
-        datasets=trainer_datasets(settings, data),
+        datasets=trainer_datasets(settings, data, input_path),
         run_config=run_config,
     )
 
