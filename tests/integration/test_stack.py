@@ -25,6 +25,12 @@ def exports(stdout: str) -> dict[str, str]:
     return dict(line.removeprefix("export ").split("=", 1) for line in stdout.splitlines() if line.startswith("export"))
 
 
+def logs_of(folder: Path) -> str:
+    """The last lines of each service's log, for a failure message."""
+    tails = ("\n".join(log.read_text().splitlines()[-15:]) for log in folder.glob("*.log"))
+    return "".join(f"\n---\n{tail}" for tail in tails)
+
+
 def test_up_status_down_and_up_again_keeps_runs_and_artifacts(tmp_path):
     import mlflow
 
@@ -41,7 +47,7 @@ def test_up_status_down_and_up_again_keeps_runs_and_artifacts(tmp_path):
             assert answer.status == 200
 
         status = lensops("stack", "status", "--dir", str(folder), "--json")
-        assert status.returncode == 0
+        assert status.returncode == 0, status.stdout + logs_of(folder)  # which service stopped, and why
         services = json.loads(status.stdout)["services"]
         assert set(services) == {"postgres", "objectstore", "mlflow"} and all(s["running"] for s in services.values())
         assert lensops("stack", "up", "--dir", str(folder)).returncode == 0  # running already: nothing new started
