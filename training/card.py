@@ -11,7 +11,7 @@ and then, from what the registry and MLflow already hold, nothing re-measured:
 - review: verdict, the champion it was compared with, failed gates, who, when, accuracy per slice;
 - promotion: each move of an alias onto it (who, when, why);
 - drift: every drift run of this version in production (when, verdict, score, records);
-- lineage: git commit, training run, params and code hashes, and the commands that reproduce it.
+- lineage: git commit, training run, params and code hashes, the command that reproduces it and its last result.
 
 Written to `reports/cards/<name>-v<version>/` (`card.md`, `card.html`, `per_class.png`) and logged
 to the version's training run under `card/`.
@@ -194,13 +194,18 @@ def _history_sections(facts: dict) -> list[str]:
         judged, "",
         "## Lineage", "", f"- git commit `{commit}`", f"- training run `{facts['run_id']}`",
         f"- params hash `{tags.get(T.PARAMS_HASH, '')}`, code hash `{tags.get(T.CODE_HASH, '')}`", "",
-        "## Reproduce", "", "```bash", f"git checkout {commit.removesuffix('-dirty')}",
-        "dvc checkout data/raw.dvc   # the raw data of that commit (dvc pull first when the cache lacks it)",
-        "dvc repro train             # validate, prepare, train with that commit's params.yaml", "```", "",
-        f"Every setting of the run is a param of MLflow run `{facts['run_id']}` (params hash "
-        f"`{tags.get(T.PARAMS_HASH, '')}`); a reproduction whose run has another hash was trained differently.", "",
+        "## Reproduce", "", "```bash",
+        f"lensops reproduce models:/{facts['name']}/{facts['version']} --check"
+        + (" --allow-dirty" if commit.endswith("-dirty") else ""), "```", "",
+        f"It checks out commit `{commit.removesuffix('-dirty')}` in a git worktree, pulls data version "
+        f"`{tags.get(T.RAW_HASH, '')}` from the DVC remote, trains with every setting of MLflow run "
+        f"`{facts['run_id']}` (params hash `{tags.get(T.PARAMS_HASH, '')}`) and compares the two versions on "
+        "the test split.", "",
         *(["The version was trained on a tree with uncommitted changes: the commit alone does not hold its code.", ""]
           if commit.endswith("-dirty") else []),
+        *([f"Last reproduction: **{tags['lensops.reproduce.verdict']}** ({tags.get('lensops.reproduce.at', '')}, "
+           f"MLflow run `{tags.get('lensops.reproduce.run', '')}`).", ""] if tags.get("lensops.reproduce.verdict")
+          else []),
     ]  # fmt: skip
 
 

@@ -108,6 +108,8 @@ def log_run_inputs(registry: Registry, run_id: str, settings: Settings, data, ta
         context = [InputTag(MLFLOW_DATASET_CONTEXT, "training")]
         client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), context)])
     client.log_dict(run_id, {"classes": data.classes}, "classes.json")
+    if fresh:  # every setting as it was, for `lensops reproduce` (params are strings, cut at 6,000 characters)
+        client.log_dict(run_id, settings.model_dump(mode="json", by_alias=True), "settings.json")
     client.log_dict(run_id, A.to_dict(data.augmentation), "augmentation.json")
     with tempfile.TemporaryDirectory() as scratch:
         client.log_artifact(run_id, str(_augmentation_preview(settings, data, Path(scratch))))

@@ -1,4 +1,4 @@
-"""Lineage commands: trace an answer back to its version, run, code and data; a model card for a version."""
+"""Lineage commands: trace an answer back to its version, run, code and data; reproduce a version; its model card."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .common import Overrides, out, settings_for
+from .common import Overrides, fail, out, settings_for
 
 
 def register(app: typer.Typer) -> None:
     app.command("trace")(trace_command)
     app.command("card")(card_command)
+    app.command("reproduce")(reproduce_command)
 
 
 def card_command(
@@ -72,3 +73,47 @@ def trace_command(
         neighbours.add_row(f"{n['distance']:.4f}", escape(str(n["label"])), escape(n["path"]), escape(source))
     out.print(neighbours)
     out.print(f"grid: {escape(result.files['grid'])}; JSON: {escape(result.files['json'])}", soft_wrap=True)
+
+
+def reproduce_command(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="A version reference: 3, @champion, models:/name/3.")],
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when the reproduction falls outside the tolerances.")
+    ] = False,
+    allow_dirty: Annotated[
+        bool, typer.Option("--allow-dirty", help="Reproduce a version trained on uncommitted changes from its commit.")
+    ] = False,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="DVC remote (name or URL); default LENSOPS_DVC_REMOTE, else DVC's.")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register the reproduced model as a new version.")
+    ] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the worktree the reproduction trained in.")] = False,
+    accuracy_points: Annotated[
+        float, typer.Option("--accuracy-tolerance", min=0, help="Test accuracy, in points.")
+    ] = 0.5,
+    recall_points: Annotated[
+        float, typer.Option("--recall-tolerance", min=0, help="Each class's recall, in points.")
+    ] = 2.0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the reproduction report.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Train a version again from its recorded commit, data version and params, and compare the two."""
+    from training.reproduce import reproduce
+
+    result = reproduce(
+        settings_for(ctx, overrides), version, allow_dirty=allow_dirty, remote=remote, register=register, keep=keep,
+        tolerances=(accuracy_points, recall_points), out=out_dir,
+    )  # fmt: skip
+    table = Table(title=f"reproduction of {escape(result.version)}: {result.verdict}", title_justify="left")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for c in result.checks:
+        table.add_row(escape(c.name), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail))
+    out.print(table)
+    registered = f"; registered as version {result.registered}" if result.registered else ""
+    out.print(f"report: {escape(result.files['markdown'])}; MLflow run {result.run_id}{registered}", soft_wrap=True)
+    if check and not result.ok:
+        fail(f"{result.version} did not reproduce: " + ", ".join(c.name for c in result.checks if not c.passed), 1)

@@ -191,6 +191,7 @@ def test_model_card_has_every_section_and_is_logged_to_the_run(trained, tmp_path
                     "Lineage", "Reproduce"):  # fmt: skip
         assert f"## {section}" in text
     assert text.startswith('---\nmodel_name: "tiny"') and result.run_id in text
+    assert f"lensops reproduce models:/tiny/{result.model_version} --check" in text
     for label, metrics in result.test_metrics["per_class"].items():
         assert f"| {label} | {metrics['precision']:.4f} | {metrics['recall']:.4f} |" in text
     page = written.html.read_text()
@@ -382,30 +383,3 @@ def test_invalid_search_space_is_a_usage_error(cli, digits_project, monkeypatch,
     result = cli("tune", "-S", override)
     assert result.exit_code == 2, result.output
     assert message in result.output
-
-
-def final_weights(settings, run_id: str) -> dict[str, torch.Tensor]:
-    """The weights of a run's last checkpoint, as the worker saved them."""
-    files = settings.path("ray_results").glob(f"{run_id}/checkpoint_*/state.pt")
-    states = [torch.load(file, weights_only=True) for file in files]
-    return max(states, key=lambda state: state["epoch"])["model"]
-
-
-def test_deterministic_runs_give_identical_weights_on_either_input_path(ray_session, digits_project, tmp_path):
-    """train.input=auto (the default) on one node without a GPU reads through a DataLoader per worker; with
-    train.deterministic the Ray Data path gives the very same weights, so both depend on the seed alone."""
-    from training.train import train
-
-    weights = {}
-    for name, overrides in {"auto": [], "ray_data": ["train.input=ray_data"]}.items():
-        root = project_copy(digits_project, tmp_path / name)
-        settings = load_settings(root / "params.yaml", [*TINY_TRAINING, "train.deterministic=true", *overrides])
-        result = train(settings, progress=False)
-        assert list(result.history.epoch) == [0, 1] and result.test_metrics["accuracy"] > 0.6
-        run = mlflow_client(settings).get_run(result.run_id)
-        assert run.data.params["train.deterministic"] == "True"
-        assert run.data.tags["lensops.train.input"] == {"auto": "dataloader", "ray_data": "ray_data"}[name]
-        weights[name] = final_weights(settings, result.run_id)
-    assert weights["auto"].keys() == weights["ray_data"].keys()
-    different = [k for k in weights["auto"] if not torch.equal(weights["auto"][k], weights["ray_data"][k])]
-    assert different == []
