@@ -112,13 +112,32 @@ def _recorded_settings(client, run_id: str, params: dict[str, str]) -> dict[str,
             pass
     if not params:
         raise UsageError(f"training run {run_id} logged no params: its settings cannot be recovered")
+    return settings_from_params(params)
+
+
+def settings_from_params(params: dict[str, str]) -> dict[str, Any]:
+    """MLflow params (`training.tracking.flatten`: dotted keys, strings) back to the settings tree.
+
+    Sections are walked by their fields; a mapping that is not a section (`tune.space`, whose keys
+    hold dots themselves) takes the rest of the key but its last part as one key.
+    """
+    from lensops.core.sections import Section
+    from lensops.core.settings import Settings
+
     tree: dict[str, Any] = {}
     for key, text in params.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _param_value(text)
+        parts, node, model = key.split("."), tree, Settings
+        while len(parts) > 1:
+            field = model.model_fields.get(parts[0]) if model else None
+            kind = field.annotation if field else None
+            if isinstance(kind, type) and issubclass(kind, Section):
+                node, model, parts = node.setdefault(parts[0], {}), kind, parts[1:]
+            elif field is not None and len(parts) > 2:  # a mapping field: {dotted key: {leaf: value}}
+                node = node.setdefault(parts[0], {}).setdefault(".".join(parts[1:-1]), {})
+                parts, model = parts[-1:], None
+            else:
+                node, model, parts = node.setdefault(parts[0], {}), None, parts[1:]
+        node[parts[0]] = _param_value(text)
     return tree
 
 

@@ -103,6 +103,7 @@ def compare(recorded, reproduced, tolerances: tuple[float, float]) -> Reproducti
         "code": reproduced.code,
         "deterministic": recorded.deterministic,
         "identical_weights": same_weights,
+        "same_code": recorded.tags.get(T.CODE_HASH) == run_tags.get(T.CODE_HASH),
         "original_run": recorded.run_id,
         "reproduction_store_run": reproduced.run_id,
         "original_lineage": {k.removeprefix(T.PREFIX): recorded.tags.get(k, "") for k in T.LINEAGE},
@@ -214,7 +215,8 @@ def _markdown(result: Reproduction) -> str:
 
 - commit `{facts["commit"]}`{" (trained on uncommitted changes; reproduced from the commit)" if facts["trained_on_dirty_tree"] else ""}
 - data version `{facts["data_version"]}` from the DVC remote {facts["remote"]}
-- code: {"the commit" if facts["code"] == "commit" else "the installed lensops (the commit holds no lensops packages)"}
+- code: {"the commit" if facts["code"] == "commit" else "the installed lensops (the commit holds no lensops packages)"}; \
+its hash {"matches" if facts["same_code"] else "differs from"} the original's
 - deterministic run: {"yes" if facts["deterministic"] else "no"}; identical weights: {"yes" if facts["identical_weights"] else "no"}
 - original training run `{facts["original_run"]}`; reproduction run `{result.run_id}` (its child in MLflow)
 {registered}

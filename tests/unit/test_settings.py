@@ -131,3 +131,16 @@ def test_two_projects_in_one_process_keep_their_own_mlflow_stores(tmp_path: Path
     shared.client().create_experiment("in-shared")
     assert os.environ["MLFLOW_TRACKING_URI"] == tracking_uri(tmp_path / "shared")
     assert "in-shared" not in {e.name for e in first.client().search_experiments()}
+
+
+def test_a_runs_params_give_back_its_settings(tmp_path):
+    """`lensops reproduce` of a run logged before `settings.json`: its MLflow params, unflattened, are its settings."""
+    from training.reproduce import settings_from_params
+    from training.tracking import as_params
+
+    original = load_settings(REPO / "params.yaml", ["train.weights=/models/start.pt", "data.classes=['0', '7']"])
+    params = {p.key: p.value for p in as_params(original.model_dump(mode="json", by_alias=True))}
+    assert params["train.weights"] == "/models/start.pt" and params["validate.max_frames"] == "1000"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings_from_params(params)))
+    again = load_settings(tmp_path / "params.yaml")
+    assert again.model_dump(mode="json") == original.model_dump(mode="json")
