@@ -101,7 +101,7 @@ def _closest(name: str, options: Sequence[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(options))}"
 
 
-def build_augmentation(steps: Sequence[dict[str, Any]]):
+def build_augmentation(steps: Sequence[dict[str, Any]], *, where: str = "train.augment"):
     """An albumentations Compose from params: a list of `{TransformName: {argument: value}}`.
 
     Unknown transforms and arguments are errors naming the nearest valid one (albumentations
@@ -113,23 +113,23 @@ def build_augmentation(steps: Sequence[dict[str, Any]]):
     transforms = []
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or len(step) != 1:
-            raise AugmentationError(f"train.augment[{i}]: expected one {{TransformName: {{args}}}}, got {step!r}")
+            raise AugmentationError(f"{where}[{i}]: expected one {{TransformName: {{args}}}}, got {step!r}")
         ((name, args),) = step.items()
         args = args or {}
         if name not in known:
-            raise AugmentationError(f"train.augment[{i}]: unknown transform {name!r} ({_closest(name, known)})")
+            raise AugmentationError(f"{where}[{i}]: unknown transform {name!r} ({_closest(name, known)})")
         if not isinstance(args, dict):
-            raise AugmentationError(f"train.augment[{i}] {name}: arguments must be a mapping, got {args!r}")
+            raise AugmentationError(f"{where}[{i}] {name}: arguments must be a mapping, got {args!r}")
         cls = known[name]
         valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
         for arg in args:
             if arg not in valid:
-                raise AugmentationError(f"train.augment[{i}] {name}: unknown argument {arg!r} ({_closest(arg, valid)})")
+                raise AugmentationError(f"{where}[{i}] {name}: unknown argument {arg!r} ({_closest(arg, valid)})")
         try:
             transforms.append(cls(**args))
         except (ValueError, TypeError) as e:
             first = str(e).strip().splitlines()
-            raise AugmentationError(f"train.augment[{i}] {name}: {' '.join(first[:3])}") from None
+            raise AugmentationError(f"{where}[{i}] {name}: {' '.join(first[:3])}") from None
     return A.Compose(transforms)
 
 

@@ -6,7 +6,7 @@ not apply (a gate against the champion, with no champion). `apply_gates` runs ev
 threshold in `params.yaml` is not null, in the order `review.gates` lists them.
 
 Adding a gate: write its function here with `@gate`, and give its threshold a line in
-`params.yaml` (and a typed field in `lensops.core.sections.GateSettings`, which rejects unknown
+`params.yaml` (and a typed field in `lensops.core.review_sections.GateSettings`, which rejects unknown
 keys). `tests/unit/test_gates.py` checks that the two lists match.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lensops.core.sections import ReviewSettings
+from lensops.core.review_sections import ReviewSettings
 
 EPSILON = 1e-12  # a drop exactly at the threshold passes despite float rounding
 
@@ -27,6 +27,7 @@ class Contender(Protocol):
     metrics: dict[str, Any]
     latency: dict[str, float]
     slices: dict[str, dict[str, float]]  # "source=production" -> {n, accuracy}
+    robustness: dict[str, dict[str, Any]]  # "Rotate(limit=[30, 30])" -> {n, accuracy, recall}
 
 
 @dataclass
@@ -125,6 +126,19 @@ def max_slice_drop(new: Contender, old: Contender | None, threshold: float, cfg:
     if not drops:
         return Gate("max_slice_drop", 0.0, threshold, True, "no slice the champion was good at")
     return _worst_drop("max_slice_drop", "slice", drops, threshold, cfg.gate_min_images)
+
+
+@gate
+def max_robustness_drop(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Against the champion: under no `review.robustness` check does accuracy fall more than the threshold below
+    the champion's under the same check (the check is named)."""
+    if old is None or not old.robustness:
+        return None
+    drops = {
+        name: (r["accuracy"] - new.robustness.get(name, {"accuracy": 0.0})["accuracy"], r["n"])
+        for name, r in old.robustness.items()
+    }
+    return _worst_drop("max_robustness_drop", "check", drops, threshold, cfg.gate_min_images)
 
 
 def apply_gates(cfg: ReviewSettings, challenger: Contender, champion: Contender | None) -> list[Gate]:

@@ -105,17 +105,36 @@ def _class_rows(contenders: list[Contender]) -> str:
     return "".join(_row(n, contenders, lambda c, n=n: cell(c, n)) for n in names)
 
 
-def _slice_rows(contenders: list[Contender]) -> str:
-    """Accuracy per slice, side by side, with the challenger's change against the champion."""
+def _slice_rows(contenders: list[Contender], kind: str = "slices") -> str:
+    """Accuracy per slice (or robustness check), side by side, with the challenger's change against the champion."""
     rows = []
-    for name, first in sorted(contenders[0].slices.items()):
-        cells = [str(first["n"]), *(f"{c.slices.get(name, {}).get('accuracy', float('nan')):.3f}" for c in contenders)]
-        if len(contenders) == 2 and name in contenders[1].slices:
-            change = first["accuracy"] - contenders[1].slices[name]["accuracy"]
+    for name, first in sorted(getattr(contenders[0], kind).items()):
+        accuracy = [f"{getattr(c, kind).get(name, {}).get('accuracy', float('nan')):.3f}" for c in contenders]
+        cells = [str(first["n"]), *accuracy]
+        if len(contenders) == 2 and name in getattr(contenders[1], kind):
+            change = first["accuracy"] - getattr(contenders[1], kind)[name]["accuracy"]
             colour = "#cf222e" if change < -0.005 else "#1a7f37" if change > 0.005 else "#222"
             cells.append(f"<span style='color:{colour}'>{change:+.3f}</span>")
         rows.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "".join(rows)
+
+
+def _robustness_tables(contenders: list[Contender], head: str, against: bool) -> str:
+    """Accuracy under each `review.robustness` check, then each class's recall under it (one cell per version)."""
+    if not contenders[0].robustness:
+        return "<p>No robustness checks (<code>review.robustness</code> is empty).</p>"
+    classes = sorted(contenders[0].metrics["per_class"])
+    rows = []
+    for name in sorted(contenders[0].robustness):
+        cells = [" / ".join(f"{c.robustness.get(name, {}).get('recall', {}).get(k, float('nan')):.2f}"
+                            for c in contenders) for k in classes]  # fmt: skip
+        rows.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    order = " / ".join(f"{html.escape(c.role)}" for c in contenders)
+    return f"""<h2>robustness: accuracy under each perturbation of the test split</h2>
+<table><tr><th>check</th><th>images</th>{head}{"<th>change</th>" if against else ""}</tr>
+{_slice_rows(contenders, "robustness")}</table>
+<h2>robustness: recall per class ({order})</h2>
+<table><tr><th>check</th>{"".join(f"<th>{html.escape(k)}</th>" for k in classes)}</tr>{"".join(rows)}</table>"""
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
@@ -147,6 +166,7 @@ by {e(result.extra.get("reviewed_by", ""))}.</p>
 <h2>per class: precision / recall</h2><table><tr><th>class</th>{head}</tr>{_class_rows(result.contenders)}</table>
 <h2>slices: accuracy</h2><table><tr><th>slice</th><th>images</th>{head}{"<th>change</th>" if old else ""}</tr>
 {_slice_rows(result.contenders)}</table>
+{_robustness_tables(result.contenders, head, old is not None)}
 {images}
 </body></html>
 """

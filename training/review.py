@@ -2,9 +2,10 @@
 
 `review()` reads as its steps: open both versions from the registry, check the prepared data is
 the version the challenger was trained on, evaluate both on the same held-out test split (each
-through its own preprocessing spec, with `training.evaluate`, the one evaluation), measure
-latency and size, apply the gates (`training.gates`), write `review.json` and a self-contained
-`review.html` (`training.report`), and record the verdict on the challenger's version, where
+through its own preprocessing spec, with `training.evaluate`, the one evaluation) and under each
+`review.robustness` perturbation (`training.robustness`), measure latency and size, apply the
+gates (`training.gates`), write `review.json` and a self-contained `review.html`
+(`training.report`), and record the verdict on the challenger's version, where
 `lensops promote` reads it.
 """
 
@@ -28,6 +29,8 @@ from .datasets import load_images, split_frame
 from .evaluate import Evaluation, evaluate_frame, evaluate_version, latency
 from .gates import Gate, apply_gates
 from .lineage import dvc_hash
+from .robustness import robustness
+from .robustness import validate as validate_robustness
 
 PROMOTE, HOLD = "promote", "hold"
 
@@ -46,6 +49,7 @@ class Contender:
     latency: dict[str, float]
     size_mb: float
     slices: dict[str, dict[str, float]] = field(default_factory=dict)  # "source=production" -> {n, accuracy}
+    robustness: dict[str, dict[str, Any]] = field(default_factory=dict)  # check -> {n, accuracy, recall}
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -63,6 +67,7 @@ class Contender:
             "latency": self.latency,
             "size_mb": self.size_mb,
             "slices": self.slices,
+            "robustness": self.robustness,
         }
 
 
@@ -100,6 +105,7 @@ def review(
     registry = Registry.of(settings)
     if extra_dir is not None and not extra_dir.is_dir():
         raise ReviewError(f"--extra {extra_dir}: not a folder of <label>/<image> files")
+    validate_robustness(settings.review.robustness)  # a typo fails before any evaluation
     with contextlib.ExitStack() as stack:
         new, old = (stack.enter_context(v) if v else None for v in _open_pair(registry, challenger_ref, champion_ref))
         test, raw, data_hash = _test_split(settings, new)
@@ -187,7 +193,8 @@ def _contend(settings: Settings, role: str, version: ModelVersion, test: pd.Data
     evaluation = evaluate_frame(network, test, raw, version.spec, version.classes, bins=cfg.calibration_bins)
     images = load_images(test.head(cfg.latency_batch), raw, version.spec)
     timing = latency(network, images, repeats=cfg.latency_repeats, batch=cfg.latency_batch)
-    return Contender(role, version, evaluation, timing, round(version.size_mb(), 3))
+    checks = robustness(network, version.spec, version.classes, test, raw, cfg.robustness)
+    return Contender(role, version, evaluation, timing, round(version.size_mb(), 3), robustness=checks)
 
 
 def _extra_sample(folder: Path, contenders: list[Contender]) -> dict[str, Any]:

@@ -203,36 +203,6 @@ class TuneSettings(Section):
     )
 
 
-class GateSettings(Section):
-    """Thresholds a challenger must meet; a null threshold turns its gate off."""
-
-    min_accuracy: float | None = Field(0.9, ge=0, le=1, description="absolute: test accuracy at least this")
-    max_ece: float | None = Field(None, ge=0, le=1, description="absolute: expected calibration error at most this")
-    max_accuracy_drop: float | None = Field(0.01, ge=0, le=1, description="against the champion")
-    max_class_recall_drop: float | None = Field(0.05, ge=0, le=1, description="against the champion, any class")
-    max_latency_ratio: float | None = Field(1.5, gt=0, description="challenger/champion batched latency")
-    max_slice_drop: float | None = Field(
-        0.05, ge=0, le=1, description="against the champion: accuracy drop on any slice the champion was good at"
-    )
-
-
-class ReviewSettings(Section):
-    report_dir: Path = Path("reports/review")
-    latency_repeats: int = Field(30, ge=1, description="timed forwards per latency figure")
-    latency_batch: int = Field(64, ge=1)
-    calibration_bins: int = Field(15, ge=2)
-    max_disagreements_shown: int = Field(32, ge=0)
-    slices: list[str] = Field(
-        default_factory=lambda: ["source"], description="manifest or provenance columns whose values become slices"
-    )
-    slice_min_images: int = Field(10, ge=1, description="smaller slices are reported, never gated")
-    gate_min_images: int = Field(
-        3, ge=1, description="a class or slice drop that loses fewer images than this is noise, never a hold"
-    )
-    slice_good_accuracy: float = Field(0.8, ge=0, le=1, description="a slice the champion is good at: at least this")
-    gates: GateSettings = Field(default_factory=GateSettings)
-
-
 class ServeSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import UsageError
+from .review_sections import GateSettings, ReviewSettings
 from .sections import (
     KNOWN_FORMATS,
     AuditSettings,
@@ -26,7 +27,6 @@ from .sections import (
     DataSettings,
     DemoSettings,
     DriftSettings,
-    GateSettings,
     LabelSettings,
     MonitoringSettings,
     MonitorSettings,
@@ -36,7 +36,6 @@ from .sections import (
     QualitySettings,
     RegistrySettings,
     RetrainSettings,
-    ReviewSettings,
     Section,
     ServeSettings,
     TrainSettings,

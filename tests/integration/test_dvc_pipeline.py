@@ -111,6 +111,7 @@ def test_demo_runs_the_pipeline_on_the_digits_against_the_team_stack(tmp_path: P
         "max_class_recall_drop: 0.05",
         "max_latency_ratio: 1.5",
         "max_slice_drop: 0.05",
+        "max_robustness_drop: 0.1",
     ):
         params = params.replace(gate, gate.split(":")[0] + ": null")  # two epochs are not meant to be good
     (root / "params.yaml").write_text(params)

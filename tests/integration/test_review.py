@@ -20,6 +20,7 @@ GATES = [
     "review.gates.max_accuracy_drop=0.3",
     "review.gates.max_class_recall_drop=0.6",
     "review.gates.max_slice_drop=0.3",
+    "review.gates.max_robustness_drop=0.6",
     "review.gates.max_latency_ratio=5",
     "review.latency_repeats=5",
 ]
@@ -89,6 +90,7 @@ def test_review_promote_rollback(registry_project):
         "max_class_recall_drop",
         "max_latency_ratio",
         "max_slice_drop",
+        "max_robustness_drop",
     }
     assert all({"value", "threshold", "passed"} <= set(g) for g in report["gates"])
     assert report["champion"]["version"] == "1"
@@ -163,3 +165,36 @@ def test_review_refuses_data_the_challenger_was_not_trained_on(registry_project,
     classes.write_text(classes.read_text() + "\n")  # any change to the prepared folder is another data version
     result = lensops(root, "review", "--challenger", "1", "--champion", "2")
     assert result.exit_code == 2 and "was trained on data" in result.output
+
+
+def test_robustness_checks_judge_both_versions_on_the_same_perturbed_images(registry_project):
+    root = registry_project
+    identity = "Rotate(limit=[0, 0], p=0)"  # never applied: the plain test split again
+    blackout = "RandomBrightnessContrast(brightness_limit=[-1, -1], contrast_limit=[0, 0], p=1)"  # every pixel 0
+    checks = (
+        "review.robustness=[{Rotate: {limit: [0, 0], p: 0}}, "
+        "{RandomBrightnessContrast: {brightness_limit: [-1, -1], contrast_limit: [0, 0], p: 1}}]"
+    )
+    out = root / "robust"
+    args = ["--challenger", "2", "--champion", "1", "--report-dir", str(out), "--hold-ok"]
+    result = lensops(root, "review", *args, "-S", checks)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "review.json").read_text())
+    for role in ("challenger", "champion"):
+        measured = report[role]["robustness"]
+        assert set(measured) == {identity, blackout}
+        assert measured[identity]["accuracy"] == report[role]["accuracy"]  # the same pixels as the evaluation
+        assert measured[identity]["n"] == report[role]["n_images"]
+        # A black image is one input: one answer for every image, so one class recalls all and the others none.
+        assert sorted(measured[blackout]["recall"].values()) == [0.0, 0.0, 1.0]
+    gate = next(g for g in report["gates"] if g["name"] == "max_robustness_drop")
+    drops = {
+        name: report["champion"]["robustness"][name]["accuracy"] - report["challenger"]["robustness"][name]["accuracy"]
+        for name in (identity, blackout)
+    }
+    assert gate["value"] == pytest.approx(max(drops.values()))
+    page = (out / "review.html").read_text()
+    assert "robustness: accuracy under each perturbation" in page and "recall per class" in page
+
+    typo = lensops(root, "review", *args, "-S", "review.robustness=[{Rotat: {limit: 30}}]")
+    assert typo.exit_code == 2 and "review.robustness[0]: unknown transform 'Rotat'" in typo.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lensops.core.sections import GateSettings, ReviewSettings
+from lensops.core.review_sections import GateSettings, ReviewSettings
 from training.gates import GATES, apply_gates
 
 
@@ -15,6 +15,7 @@ class Model:
     ece: float = 0.05
     batched_ms: float = 1.0
     slices: dict = field(default_factory=dict)
+    robustness: dict = field(default_factory=dict)
     metrics: dict = field(init=False)
     latency: dict = field(init=False)
 
@@ -96,3 +97,22 @@ def test_a_drop_of_fewer_images_than_gate_min_images_is_noise_not_a_hold():
     strict = ReviewSettings(gate_min_images=2)
     held = {g.name: g for g in apply_gates(strict, challenger, champion)}["max_class_recall_drop"]
     assert not held.passed and held.detail == "class 3"
+
+
+def test_the_robustness_gate_holds_a_challenger_that_breaks_under_a_perturbation_the_champion_withstands():
+    cfg = ReviewSettings()  # max_robustness_drop 0.1, gate_min_images 3
+    rotate, blur = "Rotate(limit=[30, 30], p=1)", "GaussianBlur(blur_limit=[5, 5], p=1)"
+    champion = Model(
+        0.95, {"a": 1.0}, robustness={rotate: {"n": 80, "accuracy": 0.9}, blur: {"n": 80, "accuracy": 0.8}}
+    )
+    steady = Model(0.95, {"a": 1.0}, robustness={rotate: {"n": 80, "accuracy": 0.85}, blur: {"n": 80, "accuracy": 0.9}})
+    broken = Model(0.95, {"a": 1.0}, robustness={rotate: {"n": 80, "accuracy": 0.5}, blur: {"n": 80, "accuracy": 0.9}})
+    judged = {name: {g.name: g for g in apply_gates(cfg, model, champion)}["max_robustness_drop"]
+              for name, model in (("steady", steady), ("broken", broken))}  # fmt: skip
+    assert judged["steady"].passed and round(judged["steady"].value, 4) == 0.05
+    assert not judged["broken"].passed and judged["broken"].detail == f"check {rotate}"
+    assert round(judged["broken"].value, 4) == 0.4
+    without = apply_gates(
+        cfg, broken, Model(0.95, {"a": 1.0})
+    )  # a champion reviewed without checks: nothing to compare
+    assert "max_robustness_drop" not in [g.name for g in without]
