@@ -8,8 +8,10 @@
 thread pool at concurrency 1 and 32; the script prints requests/s, p50 and p99 latency, and the
 ratios a/b and a/c. The client shares the machine's cores with the server.
 
-(a) runs three times: with capture off, with the default capture policy, and capturing every
-image (`monitoring.capture.sample_rate=1`), and the script prints what capture costs against off.
+(a) runs four times: with capture off, with the default capture policy, with a shadow on every
+request (`serve.shadow`, the champion's own version, so its forward costs what the champion's
+does), and capturing every image (`monitoring.capture.sample_rate=1`); the script prints what
+capture and the shadow cost.
 
     python benchmarks/serve_throughput.py [--requests 400] [--size 32] [--model smallcnn] [-S key=value ...]
     python benchmarks/serve_throughput.py --model resnet18 --size 64 --epochs 1   # a forward that costs something
@@ -35,10 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-# The served application three ways; "lensops" is the default capture policy.
+# The served application four ways; "lensops" is the default capture policy and no shadow.
 CAPTURE = {
     "capture off": {"monitoring.capture.enabled": False},
     "lensops": {},
+    "shadow all": {"serve.shadow": "champion", "serve.shadow_fraction": 1.0},
     "capture all": {"monitoring.capture.sample_rate": 1.0, "monitoring.capture.low_score_below": None},
 }
 
@@ -235,7 +238,7 @@ def main() -> None:
             row = f"{r['rps']:>9.1f}{r['images_per_s']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
             print(f"{name + f' c={c}':<22}{row}")
         print(f"{'raw forward b=' + str(len(batch)):<22}{raw_rps:>9.1f}")
-        for name in ("lensops", "naive"):  # where a request's CPU goes, at concurrency 32
+        for name in ("lensops", "shadow all", "naive"):  # where a request's CPU goes, at concurrency 32
             split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in results[(name, 32)]["cpu_ms"].items())
             print(f"CPU ms per request, {name} c=32: {split}")
         for c in (1, 32):
@@ -251,6 +254,9 @@ def main() -> None:
         for name in ("lensops", "capture all"):
             ratios = [results[(name, c)]["rps"] / results[("capture off", c)]["rps"] for c in (1, 32)]
             print(f"{name} / capture off: req/s ratio {ratios[0]:.2f} at c=1, {ratios[1]:.2f} at c=32")
+        shadow, plain = results[("shadow all", 1)]["p50_ms"], results[("lensops", 1)]["p50_ms"]
+        rps = results[("shadow all", 32)]["rps"] / results[("lensops", 32)]["rps"]
+        print(f"shadow on every request: p50 at c=1 {shadow / plain:.2f} of lensops', req/s at c=32 {rps:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -49,7 +49,8 @@ def image_grid(tiles: Sequence[Tile], path: Path, *, title: str = "", columns: i
     plt = pyplot()
     cols = max(1, min(columns, len(tiles)))
     rows = max(1, int(np.ceil(len(tiles) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows + 0.4), dpi=110, squeeze=False)
+    width = max(1.6 * cols, 0.07 * len(title))  # wide enough for the title over a few tiles
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 1.9 * rows + 0.4), dpi=110, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, tile in zip(axes.ravel(), tiles, strict=False):

@@ -1,25 +1,25 @@
 """The HTTP ingress: the contract, the API key, limits, timeouts, JSON errors, metrics, the log.
 
-The ingress is a plain Ray Serve deployment whose `__call__` takes Starlette's `Request` and
-routes by hand: FastAPI's per-request machinery (dependency resolution, parameter models,
-response validation) cost more CPU per request than all of a small model's image work, and an
-app of five routes does not need it. The OpenAPI document is written out in `serving.openapi`;
-the HTTP edges (bodies under a byte cap, JSON errors with a request id, the key, parameters) are
-in `serving.http`. Every answer is counted in /metrics by route and status.
+A plain Ray Serve deployment whose `__call__` takes Starlette's `Request` and routes by hand:
+FastAPI's per-request machinery cost more CPU per request than all of a small model's image
+work. The OpenAPI document is written out in `serving.openapi`; the HTTP edges (capped bodies,
+JSON errors with a request id, the key, parameters) are in `serving.http`. Every answer is
+counted in /metrics by route and status.
 
 Each upload is preprocessed on its own (one call to a preprocessing replica), so an upload whose
 decode runs to its deadline holds up no other request; the preprocessed images are gathered with
 `@serve.batch` and go to the model together, one call per batch (see benchmarks/README.md for
 what a request costs). The batching adapts: a batch closes as soon as every image the ingress
 has admitted has joined it, so a lone request never waits out `serve.batch_wait_ms`, and under
-load the batch waits (at most that long) for the images still being read or preprocessed.
+load the batch waits (at most that long) for the images still being read or preprocessed. A
+canary answers its share of requests (`serving.canary`); a shadow runs after the answers
+(`serving.shadow`).
 
 Admission counts images, not requests: a `/predict/batch` of 32 files takes 32 of
 `serve.max_images_in_flight`. Every 200 answer goes to `lensops.core.capture.AnswerLog`: a
-production-log record with the image's sha256, and for the images the capture policy picks (low
-score, novel embedding, statistic outside the training range, a random sample), the bytes as
-received in the capture store, written off the answer's path before the record that points to
-them. Neither ever fails or delays an answer; their failures are counted in /metrics.
+production-log record with the image's sha256, and for the images the capture policy picks, the
+bytes as received in the capture store, written off the answer's path before the record that
+points to them. Neither ever fails or delays an answer; their failures are counted in /metrics.
 """
 
 import asyncio
@@ -35,27 +35,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from .http import ClientError, authorised, error_response, int_parameter, read_images, request_id
+from .openapi import DOCS_PAGE, HANDLERS, ROUTES
 
 log = logging.getLogger("lensops.serving")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
-
-
-# Swagger UI over /openapi.json (its scripts come from the jsDelivr CDN, as FastAPI's do).
-DOCS_PAGE = """<!doctype html><html><head><title>lensops</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div><script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script></body></html>"""
-
-ROUTES = {
-    "/predict": "POST",
-    "/predict/batch": "POST",
-    "/healthz": "GET",
-    "/model": "GET",
-    "/metrics": "GET",
-    "/openapi.json": "GET",
-    "/docs": "GET",
-}
 
 
 @serve.deployment
@@ -76,6 +60,10 @@ class Ingress:
         max_batch_files: int = 64,
         max_images_in_flight: int = 128,
         preprocess_chunk: int = 32,
+        shadow=None,
+        shadow_fraction: float = 1.0,
+        canary=None,
+        canary_settings=None,
     ):
         from pathlib import Path
 
@@ -98,15 +86,9 @@ class Ingress:
         self._info: dict[str, Any] | None = None
         self._info_at = 0.0
         self._metrics()
-        self.routes = {
-            "/predict": self.predict,
-            "/predict/batch": self.predict_batch,
-            "/healthz": self.healthz,
-            "/model": self.model_info,
-            "/metrics": self.metrics_route,
-            "/openapi.json": self.openapi,
-            "/docs": self.docs,
-        }
+        self.shadow = self._shadow(shadow, shadow_fraction, monitoring, Path(root)) if shadow is not None else None
+        self.canary = self._canary(canary, canary_settings) if canary is not None else None
+        self.routes = {path: getattr(self, name) for path, name in HANDLERS.items()}
 
     def _metrics(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -125,6 +107,18 @@ class Ingress:
         in_flight = Gauge("lensops_images_in_flight", "images admitted and not yet answered", registry=self.metrics)
         in_flight.set_function(lambda: self.images_in_flight)
         self.metrics.register(AnswerLogCollector(self.answers))
+
+    def _shadow(self, model, fraction: float, monitoring, root):
+        from .shadow import Shadow
+
+        log_dir = root / monitoring.shadow_log_dir
+        return Shadow(model, self._preprocessed, fraction=fraction, log_dir=log_dir, monitoring=monitoring,
+                      metrics=self.metrics, stats=IMAGE_STATS)  # fmt: skip
+
+    def _canary(self, model, cfg):
+        from .canary import Canary
+
+        return Canary(model, cfg, self.metrics)
 
     async def __call__(self, request: Request) -> Response:
         """Route, answer, count. A client error is its JSON 4xx; anything else a JSON 500 naming the request."""
@@ -146,12 +140,6 @@ class Ingress:
         self.latency.labels(route).observe(time.perf_counter() - started)
         return response
 
-    def _authorise(self, request) -> None:
-        authorised(request, self.api_key)
-
-    async def _body(self, request, max_files: int) -> list[tuple[str, bytes]]:
-        return await read_images(request, self.max_body_bytes, max_files)
-
     def _admit(self, n: int) -> None:
         """Count `n` images against admission: past `max_images_in_flight`, a 503 at once."""
         if self.images_in_flight + n > self.max_images_in_flight:
@@ -160,21 +148,25 @@ class Ingress:
         self.images_in_flight += n
 
     async def _predict_one(
-        self, body: bytes, top_k: int, request_id: str | None = None, prepared: dict[str, Any] | None = None
+        self, body: bytes, top_k: int, request_id: str | None = None, prepared: dict[str, Any] | None = None, arm=None
     ) -> dict[str, Any]:
+        """One image's answer; `arm` is the canary's info when the canary answers it (`serving.canary`)."""
         if len(body) > self.max_body_bytes:
             raise ClientError(
                 413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
             )
-        answer = await self._batched(body, prepared)
+        request_id = request_id or uuid.uuid4().hex
+        sha256 = hashlib.sha256(body).hexdigest()
+        started = time.perf_counter()
+        answer = await self._batched(body, prepared, {"request_id": request_id, "sha256": sha256}, arm)
         if "error" in answer:
             raise ClientError(**answer["error"])
+        if self.canary is not None:
+            self.canary.observe(answer["version"], answer["side"], True, time.perf_counter() - started)
         probabilities, classes = answer["probabilities"], answer["classes"]
         order = np.argsort(-probabilities)[:top_k]
-        request_id = request_id or uuid.uuid4().hex
         predictions = [{"label": classes[i], "score": float(probabilities[i])} for i in order]
         stats = {stat: answer[stat] for stat in IMAGE_STATS}
-        sha256 = hashlib.sha256(body).hexdigest()
         record = {
             "request_id": request_id,
             "model_name": answer["name"],
@@ -200,21 +192,29 @@ class Ingress:
             "predictions": predictions,
         }
 
-    async def _batched(self, body: bytes, item: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _batched(self, body: bytes, item: dict[str, Any] | None, meta: dict[str, str], arm=None) -> dict:
         """Preprocessed alone, so that a slow upload (a decode running to its deadline) holds up no
         other request; then into the next model batch, which closes once it holds every image
         admitted and not yet in a batch (or is full, or `serve.batch_wait_ms` passed)."""
         if item is None:
-            info = await self._model_info()
+            info = arm or await self._model_info()
             (item,) = await self.preprocess.remote([body], info["preprocessing"])
         if "error" in item:
             return item
         coming = self.images_in_flight - self.in_batch
+        if arm is not None:  # the canary answers, or fails and the champion answers instead
+            started = time.perf_counter()
+            self._answer_canary.set_max_batch_size(max(1, min(self.max_batch_size, coming)))
+            answer = await self._answer_canary((body, item, meta))
+            if "failed" not in answer:
+                return answer
+            self.canary.observe(arm["version"], "canary", False, time.perf_counter() - started)
+            return await self._batched(body, None if item["key"] != (await self._model_info())["key"] else item, meta)
         self._answer.set_max_batch_size(max(1, min(self.max_batch_size, coming)))
-        return await self._answer((body, item))
+        return await self._answer((body, item, meta))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _answer(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+    async def _answer(self, items: list[tuple[bytes, dict[str, Any], dict[str, str]]]) -> list[dict[str, Any]]:
         """Preprocessed images predicted together: one call to the model per batch.
 
         Returns, per image, the model's answer with the image stats, or `{"error": ...}` for one
@@ -226,14 +226,30 @@ class Ingress:
         finally:
             self.in_batch -= len(items)
 
-    async def _predict_batch(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _answer_canary(self, items: list[tuple[bytes, dict[str, Any], dict[str, str]]]) -> list[dict[str, Any]]:
+        """The canary's batches: a failure of the canary is `{"failed": ...}` for each image, never an error."""
+        self.in_batch += len(items)
+        try:
+            return await self._predict_batch(items, canary=True)
+        except Exception as e:
+            log.warning("canary failed on %d image(s): %s: %s", len(items), type(e).__name__, str(e)[:300])
+            return [{"failed": type(e).__name__} for _ in items]
+        finally:
+            self.in_batch -= len(items)
+
+    async def _predict_batch(self, items: list[tuple[bytes, dict[str, Any], dict[str, str]]], canary: bool = False):
         """The model's answers for a batch. Images preprocessed with another version's spec (the
-        alias moved meanwhile) are preprocessed again with the served one's."""
-        bodies, prepared = [body for body, _ in items], [item for _, item in items]
+        alias moved meanwhile) are preprocessed again with the served one's. The shadow, if any,
+        gets the batch once it is answered (`serving.shadow`)."""
+        bodies, prepared = [body for body, _, _ in items], [item for _, item, _ in items]
         answers: list[dict[str, Any]] = [{} for _ in bodies]
         pending = list(range(len(bodies)))
+        model = self.canary.model if canary else self.model
         for attempt in range(4):
-            info = await self._model_info(refresh=attempt > 0)
+            info = await (self.canary.info(attempt > 0) if canary else self._model_info(refresh=attempt > 0))
+            if info is None:
+                raise RuntimeError("the canary stopped")
             if attempt:
                 again = await self._preprocessed([bodies[i] for i in pending], info["preprocessing"])
                 for i, item in zip(pending, again, strict=True):
@@ -247,10 +263,13 @@ class Ingress:
             key = ready[0][1]["key"]
             later = [i for i, item in ready if item["key"] != key]
             ready = [(i, item) for i, item in ready if item["key"] == key]
-            result = await self.model.predict.remote((np.stack([item["tensor"] for _, item in ready]), key))
+            tensors = np.stack([item["tensor"] for _, item in ready])
+            result = await model.predict.remote((tensors, key))
             if result.get("stale"):
                 pending = [i for i, _ in ready] + later
                 continue
+            if self.shadow is not None and not canary:
+                self.shadow.submit(tensors, key, [(items[i][2], bodies[i], item) for i, item in ready])
             self.batch_sizes.observe(result["batch_size"])
             for row, (i, item) in enumerate(ready):
                 answers[i] = {
@@ -261,6 +280,7 @@ class Ingress:
                     "embedding": result["embedding"][row],
                     "novelty": result["novelty"][row],
                     "stat_ranges": info.get("stat_ranges") or {},
+                    "side": "canary" if canary else "champion",
                     **{stat: item[stat] for stat in IMAGE_STATS},
                 }
             if not later:
@@ -294,17 +314,18 @@ class Ingress:
 
     async def predict(self, request: Request) -> Response:
         """Classify one image (raw body or multipart field `file`); `?top_k=N`."""
-        self._authorise(request)
+        authorised(request, self.api_key)
         top_k = int_parameter(request, "top_k", self.top_k, 1, 1000)
 
         async def work():
             self._admit(1)
             try:
-                (_, body), *rest = await self._body(request, max_files=1)
+                (_, body), *rest = await read_images(request, self.max_body_bytes, 1)
                 if rest:
                     detail = "one image per /predict request; use /predict/batch for several"
                     raise ClientError(400, "bad_parameter", detail)
-                return await self._predict_one(body, top_k, request_id(request))
+                arm = await self.canary.choose(request.headers) if self.canary else None
+                return await self._predict_one(body, top_k, request_id(request), arm=arm)
             finally:
                 self.images_in_flight -= 1
 
@@ -312,17 +333,20 @@ class Ingress:
 
     async def predict_batch(self, request: Request) -> Response:
         """Classify several multipart `file` fields; one answer per file."""
-        self._authorise(request)
+        authorised(request, self.api_key)
         top_k = int_parameter(request, "top_k", self.top_k, 1, 1000)
+
+        arm = await self.canary.choose(request.headers) if self.canary else None  # one version per request
 
         async def one(name: str, body: bytes, item: dict[str, Any]) -> dict[str, Any]:
             try:
-                return {"file": name, "status": 200, **(await self._predict_one(body, top_k, prepared=item))}
+                answer = await self._predict_one(body, top_k, prepared=item, arm=arm)
+                return {"file": name, "status": 200, **answer}
             except ClientError as e:
                 return {"file": name, "status": e.status, "error": e.code, "detail": e.detail}
 
         async def work():
-            files = await self._body(request, max_files=self.max_batch_files)
+            files = await read_images(request, self.max_body_bytes, self.max_batch_files)
             self._admit(len(files))
             try:
                 # One request's files are preprocessed together (a share per replica), then batched.
@@ -347,25 +371,27 @@ class Ingress:
         return JSONResponse({"status": "ok", "model": {"name": info["name"], "version": info["version"]}})
 
     async def model_info(self, request: Request) -> Response:
-        self._authorise(request)
+        authorised(request, self.api_key)
         info = await self.model.info.remote()
         return JSONResponse({k: v for k, v in info.items() if k != "key"})
 
     async def metrics_route(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        self._authorise(request)
+        authorised(request, self.api_key)
         return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:
         from .openapi import openapi_document
 
-        self._authorise(request)
+        authorised(request, self.api_key)
         return JSONResponse(openapi_document())
 
     async def docs(self, request: Request) -> Response:
-        self._authorise(request)
+        authorised(request, self.api_key)
         return HTMLResponse(DOCS_PAGE)
 
     def __del__(self):
         self.answers.close()  # a clean shutdown loses no production-log record and no queued capture
+        if self.shadow is not None:
+            self.shadow.close()

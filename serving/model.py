@@ -49,13 +49,16 @@ class Served:
     ranges: dict[str, tuple[float, float]] | None = None
 
 
-def load_served(registry: Registry, version: str, device: str, drift=None) -> Served:
-    """A version's network on `device`, with its spec, classes and novelty reference; no file of it stays on disk."""
+def load_served(registry: Registry, version: str, device: str, drift=None, *, novelty: bool = True) -> Served:
+    """A version's network on `device`, with its spec, classes and (unless not wanted) novelty reference;
+    no file of it stays on disk."""
     from data.novelty import NoveltyReference, stat_ranges
 
     with registry.open(version) as handle:
         network = handle.network(device=device)
         served = Served(handle.name, handle.version, handle.spec, handle.classes, network, spec_key(handle.spec))
+        if not novelty:  # the shadow: nobody reads its answers' novelty
+            return served
         try:
             baseline = handle.baseline()
             served.novelty = NoveltyReference.from_settings(baseline, drift or DriftSettings())
@@ -72,7 +75,7 @@ class AliasFollower:
         self.registry, self.ref = registry, ref
         self.failed: dict[str, tuple[float, float]] = {}  # version -> (retry after, backoff seconds)
 
-    def candidate(self, current: str) -> str | None:
+    def candidate(self, current: str | None) -> str | None:
         """A version to load now, or None (unchanged, or a failed one still backing off)."""
         version = self.registry.resolve(self.ref)
         if version == current:
@@ -97,6 +100,7 @@ class Model:
         poll_seconds: float,
         device: str = "cpu",
         drift=None,
+        role: str = "champion",
     ):
         import torch
 
@@ -104,7 +108,15 @@ class Model:
         self.registry, self.device = registry, device
         self.drift = drift  # the `drift` settings section: how novelty is scored
         self.follower = AliasFollower(registry, ref)
-        self.served = self._load(registry.resolve(ref))
+        self.role, self.served, self.fraction = role, None, 0.0
+        try:
+            self.served = self._load(registry.resolve(ref))
+            self._refresh()
+        except Exception as e:  # the shadow and the canary start without a version and keep trying
+            if role == "champion":
+                raise
+            log.info("%s %s: none loaded yet (%s); tried again every %g s", role, ref, e, poll_seconds)
+        self.active = self.served is not None  # the canary: whether its alias exists
         # The ingress already waited for its batch to fill: take whatever batches are queued, at once.
         self.predict.set_max_batch_size(max_batches)
         self.predict.set_batch_wait_timeout_s(0)
@@ -117,23 +129,41 @@ class Model:
         while not self._stop.wait(self._poll_seconds):
             version = None
             try:
-                version = self.follower.candidate(self.served.version)
+                version = self.follower.candidate(self.served.version if self.served else None)
                 if version is not None:
                     fresh = self._load(version)
                     self.served = fresh  # one assignment: a batch sees the old or the new, never a mix
-                    log.warning("now serving %s v%s", fresh.name, fresh.version)
+                    log.warning("now serving %s v%s as %s", fresh.name, fresh.version, self.role)
+                self._refresh()
+                self.active = self.served is not None
             except Exception as e:  # the registry may be briefly unreachable: keep serving what we have
                 if version is not None:
                     wait = self.follower.failed_to_load(version, self._poll_seconds)
                     log.warning("could not load v%s (next try in %.0f s): %s", version, wait, e)
-                else:
+                elif self.role == "champion" or self.active:
                     log.warning("could not follow %s: %s", self.follower.ref, e)
+                self.active = self.active and self.role == "champion"  # a canary whose alias is gone: off
+
+    def _refresh(self) -> None:
+        """The canary's fraction, read from its version's tags at every poll (`lensops canary start` may change it)."""
+        if self.role == "canary" and self.served is not None:
+            from lensops.core.canary import FRACTION
+
+            tags = self.registry.client().get_model_version(self.registry.model_name, self.served.version).tags
+            self.fraction = float(tags.get(FRACTION) or 0)
+
+    def stop(self, version: str, reason: str) -> str | None:
+        """The canary did worse than the champion (the ingress judged): its alias removed, the decision recorded."""
+        from lensops.core import canary
+
+        self.active = False
+        return canary.stop(self.registry, reason=reason, automatic=True, version=version)
 
     def _load(self, version: str) -> Served:
-        return load_served(self.registry, version, self.device, self.drift)
+        return load_served(self.registry, version, self.device, self.drift, novelty=self.role != "shadow")
 
     def info(self) -> dict[str, Any]:
-        s = self.served
+        s = self._current()
         return {
             "name": s.name,
             "version": s.version,
@@ -142,6 +172,9 @@ class Model:
             "key": s.key,
             "device": self.device,
             "stat_ranges": s.ranges or {},
+            "role": self.role,
+            "active": self.active,
+            "fraction": self.fraction,
         }
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0)
@@ -149,7 +182,7 @@ class Model:
         """Each item is one ingress batch (N, 3, H, W) and the spec key it was preprocessed with."""
         import torch
 
-        served = self.served  # one version for the whole forward
+        served = self._current()  # one version for the whole forward
         ok = [i for i, (_, key) in enumerate(items) if key == served.key]
         answers: list[dict[str, Any]] = [{"stale": True} for _ in items]
         if not ok:
@@ -164,6 +197,7 @@ class Model:
         for i in ok:
             end = start + len(items[i][0])
             answers[i] = {
+                "name": served.name,
                 "version": served.version,
                 "probabilities": probabilities[start:end],
                 "embedding": embedding[start:end],
@@ -173,6 +207,11 @@ class Model:
             }
             start = end
         return answers
+
+    def _current(self) -> Served:
+        if self.served is None:
+            raise RuntimeError(f"no version of {self.follower.ref} is loaded")
+        return self.served
 
     def __del__(self):
         self._stop.set()

@@ -41,6 +41,32 @@ _ERRORS = {str(code): _ERROR for code in (400, 401, 408, 413, 415, 422, 503)}
 _KEY = [{"apiKey": []}]
 
 
+# Swagger UI over /openapi.json (its scripts come from the jsDelivr CDN, as FastAPI's do).
+DOCS_PAGE = """<!doctype html><html><head><title>lensops</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div><script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"})</script></body></html>"""
+
+ROUTES = {
+    "/predict": "POST",
+    "/predict/batch": "POST",
+    "/healthz": "GET",
+    "/model": "GET",
+    "/metrics": "GET",
+    "/openapi.json": "GET",
+    "/docs": "GET",
+}
+HANDLERS = {  # the ingress's method for each route
+    "/predict": "predict",
+    "/predict/batch": "predict_batch",
+    "/healthz": "healthz",
+    "/model": "model_info",
+    "/metrics": "metrics_route",
+    "/openapi.json": "openapi",
+    "/docs": "docs",
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 

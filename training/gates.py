@@ -28,6 +28,7 @@ class Contender(Protocol):
     latency: dict[str, float]
     slices: dict[str, dict[str, float]]  # "source=production" -> {n, accuracy}
     robustness: dict[str, dict[str, Any]]  # "Rotate(limit=[30, 30])" -> {n, accuracy, recall}
+    live: dict[str, Any] | None  # the challenger's shadowed traffic (`training.live_review`), with --live
 
 
 @dataclass
@@ -139,6 +140,57 @@ def max_robustness_drop(new: Contender, old: Contender | None, threshold: float,
         for name, r in old.robustness.items()
     }
     return _worst_drop("max_robustness_drop", "check", drops, threshold, cfg.gate_min_images)
+
+
+@gate
+def min_live_records(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Live (--live): enough shadowed requests for the other live gates to judge. Too few holds only when
+    `review.live_required`; otherwise the gate passes, says so, and the other live gates stay out."""
+    if new.live is None:
+        return None
+    n = new.live["n"]
+    if n >= threshold:
+        return Gate("min_live_records", n, threshold, True)
+    required = cfg.live_required
+    detail = f"only {n} shadowed requests" + ("" if required else ": live gates skipped (review.live_required false)")
+    return Gate("min_live_records", n, threshold, not required, detail)
+
+
+def _judged(new: Contender, cfg: ReviewSettings) -> dict[str, Any] | None:
+    """The live evidence, if there is enough of it to judge."""
+    live = new.live
+    enough = cfg.gates.min_live_records or 1
+    return live if live is not None and live["n"] >= enough else None
+
+
+@gate
+def min_live_agreement(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Live: the share of shadowed requests both versions answered alike is at least the threshold."""
+    if (live := _judged(new, cfg)) is None:
+        return None
+    return Gate("min_live_agreement", live["agreement"], threshold, live["agreement"] >= threshold - EPSILON)
+
+
+@gate
+def max_live_class_disagreement(
+    new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings
+) -> Gate | None:
+    """Live: within no class the champion answered does the challenger disagree on more than the threshold
+    (the class is named; a class where fewer than `review.gate_min_images` requests disagree is noise)."""
+    if (live := _judged(new, cfg)) is None:
+        return None
+    rates = {k: (c["disagreement"], c["n"]) for k, c in live["per_class"].items()}
+    return _worst_drop("max_live_class_disagreement", "class", rates, threshold, cfg.gate_min_images)
+
+
+@gate
+def max_live_accuracy_drop(new: Contender, old: Contender | None, threshold: float, cfg: ReviewSettings) -> Gate | None:
+    """Live: on the shadowed requests people have labelled, accuracy at most the threshold below the champion's."""
+    if (live := _judged(new, cfg)) is None or not live["labelled"]["n"]:
+        return None
+    labelled = live["labelled"]
+    drop = labelled["champion_accuracy"] - labelled["challenger_accuracy"]
+    return Gate("max_live_accuracy_drop", drop, threshold, drop <= threshold + EPSILON, f"{labelled['n']} labelled")
 
 
 def apply_gates(cfg: ReviewSettings, challenger: Contender, champion: Contender | None) -> list[Gate]:

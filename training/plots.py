@@ -10,8 +10,10 @@ import pandas as pd
 
 from data.figures import pyplot, save
 
+AXES = ("predicted", "true")  # the columns' and the rows' meaning
 
-def _draw_confusion(ax, matrix: np.ndarray, classes: list[str], title: str, fontsize: int = 8) -> None:
+
+def _draw_confusion(ax, matrix: np.ndarray, classes: list[str], title: str, fontsize: int = 8, axes=AXES) -> None:
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         if value:
@@ -19,7 +21,7 @@ def _draw_confusion(ax, matrix: np.ndarray, classes: list[str], title: str, font
             ax.text(j, i, str(value), ha="center", va="center", fontsize=fontsize, color=colour)
     ax.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 12 else 0, fontsize=fontsize)
     ax.set_yticks(range(len(classes)), classes, fontsize=fontsize)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=title)
 
 
 def confusion_matrix(labels: Sequence[str], predicted: Sequence[str], classes: list[str]) -> np.ndarray:
@@ -28,10 +30,17 @@ def confusion_matrix(labels: Sequence[str], predicted: Sequence[str], classes: l
     return sk_confusion(list(labels), list(predicted), labels=classes)
 
 
-def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "confusion matrix") -> Path:
+def plot_confusion(
+    matrix: np.ndarray,
+    classes: list[str],
+    path: Path,
+    title: str = "confusion matrix",
+    axes: tuple[str, str] = AXES,
+) -> Path:
+    """One matrix; `axes` names the columns' and the rows' labels."""
     n = len(classes)
     fig, ax = pyplot().subplots(figsize=(max(4, 0.5 * n + 2), max(3.5, 0.5 * n + 1.5)), dpi=110)
-    _draw_confusion(ax, matrix, classes, title)
+    _draw_confusion(ax, matrix, classes, title, axes=axes)
     return save(fig, path)
 
 

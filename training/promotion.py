@@ -64,7 +64,11 @@ def promote(settings: Settings, version: str | None = None, *, reason: str | Non
         return Move(handle.version, aliases.get(PREVIOUS), "already the champion", force, changed=False)
     verdict = handle.tags.get(T.REVIEW_VERDICT) if force else check_review(handle.version, handle.tags, champion)
     why = reason or f"review {verdict} at {handle.tags.get(T.REVIEW_AT, '?')}"
-    extra = {T.PROMOTION_VERDICT: verdict or "none", T.PROMOTION_FORCED: str(force).lower()}
+    extra = {
+        T.PROMOTION_VERDICT: verdict or "none",
+        T.PROMOTION_FORCED: str(force).lower(),
+        T.PROMOTION_LIVE: handle.tags.get(T.REVIEW_LIVE, ""),
+    }
     replaced = f"replaced by v{handle.version}"
     move_aliases(registry, handle.version, champion, reason=why, extra=extra, previous_reason=replaced)
     return Move(handle.version, champion, why, force)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from data.figures import Tile, image_grid
 
+from .live_review import live_charts, live_section
 from .plots import confusion_matrix, plot_confusions, plot_reliability
 
 if TYPE_CHECKING:
@@ -25,13 +26,15 @@ if TYPE_CHECKING:
 CHARTS = {"confusion": "confusion matrices", "reliability": "reliability", "disagreements": "disagreements"}
 
 
-def write(result: Review, test: pd.DataFrame, raw: Path, *, max_shown: int) -> dict[str, Path]:
+def write(result: Review, test: pd.DataFrame, raw: Path, *, max_shown: int, settings=None) -> dict[str, Path]:
     """Charts, `review.json` and `review.html` into `result.report_dir`; returns the charts by key."""
     out = result.report_dir
     out.mkdir(parents=True, exist_ok=True)
     disagreements = _disagreements(result)
     result.extra["disagreements"] = len(disagreements)
     charts = _charts(result, test, raw, disagreements[:max_shown], len(disagreements))
+    if result.challenger.live is not None and settings is not None:
+        charts |= live_charts(settings, result.challenger.live, out, max_shown=max_shown)
     (out / "review.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     (out / "review.html").write_text(_page(result, charts))
     return charts
@@ -167,6 +170,7 @@ by {e(result.extra.get("reviewed_by", ""))}.</p>
 <h2>slices: accuracy</h2><table><tr><th>slice</th><th>images</th>{head}{"<th>change</th>" if old else ""}</tr>
 {_slice_rows(result.contenders)}</table>
 {_robustness_tables(result.contenders, head, old is not None)}
+{live_section(new.live, charts, _embed)}
 {images}
 </body></html>
 """

@@ -6,7 +6,8 @@ through its own preprocessing spec, with `training.evaluate`, the one evaluation
 `review.robustness` perturbation (`training.robustness`), measure latency and size, apply the
 gates (`training.gates`), write `review.json` and a self-contained `review.html`
 (`training.report`), and record the verdict on the challenger's version, where
-`lensops promote` reads it.
+`lensops promote` reads it. With `live`, the challenger is judged on production traffic too:
+its shadow's answers against the champion's (`training.live_review`), under the live gates.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .datasets import load_images, split_frame
 from .evaluate import Evaluation, evaluate_frame, evaluate_version, latency
 from .gates import Gate, apply_gates
 from .lineage import dvc_hash
+from .live_review import live_evidence
 from .robustness import robustness
 from .robustness import validate as validate_robustness
 
@@ -50,6 +52,7 @@ class Contender:
     size_mb: float
     slices: dict[str, dict[str, float]] = field(default_factory=dict)  # "source=production" -> {n, accuracy}
     robustness: dict[str, dict[str, Any]] = field(default_factory=dict)  # check -> {n, accuracy, recall}
+    live: dict[str, Any] | None = None  # the challenger's shadowed traffic, with --live
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class Review:
             "gates": [g.__dict__ for g in self.gates],
             "challenger": self.challenger.summary(),
             "champion": self.champion.summary() if self.champion else None,
+            "live": self.challenger.live,
             **self.extra,
         }
 
@@ -101,6 +105,8 @@ def review(
     champion_ref: str | None = None,
     report_dir: Path | None = None,
     extra_dir: Path | None = None,
+    live: bool = False,
+    since: str | None = None,
 ) -> Review:
     registry = Registry.of(settings)
     if extra_dir is not None and not extra_dir.is_dir():
@@ -113,6 +119,10 @@ def review(
         champion = _contend(settings, "champion", old, test, raw) if old else None
         for contender in filter(None, (challenger, champion)):
             contender.slices = slice_accuracy(test, contender.evaluation, settings.review.slices)
+        if live:
+            if old is None:
+                raise ReviewError("--live compares the challenger's shadow answers with the champion's: no champion")
+            challenger.live = live_evidence(settings, old.version, new.version, since)
         gates = apply_gates(settings.review, challenger, champion)
         out = report_dir or settings.path(settings.review.report_dir)
         result = Review(
@@ -125,7 +135,7 @@ def review(
         )
         if extra_dir is not None:
             result.extra["extra"] = _extra_sample(extra_dir, result.contenders)
-        report.write(result, test, raw, max_shown=settings.review.max_disagreements_shown)
+        report.write(result, test, raw, max_shown=settings.review.max_disagreements_shown, settings=settings)
         _record(registry, result)
     return result
 
@@ -220,6 +230,7 @@ def _record(registry: Registry, result: Review) -> None:
             T.REVIEW_BY: result.extra["reviewed_by"],
             T.REVIEW_CHAMPION: result.champion.version.version if result.champion else "",
             T.REVIEW_FAILED_GATES: ",".join(g.name for g in result.gates if not g.passed),
+            T.REVIEW_LIVE: _live_tag(result.challenger.live),
         },
     )
     if version.run_id:
@@ -227,3 +238,11 @@ def _record(registry: Registry, result: Review) -> None:
         for file in ("review.json", "review.html"):
             registry.client().log_artifact(version.run_id, str(result.report_dir / file), folder)
         registry.tag_version(version.version, {T.REVIEW_REPORT: f"runs:/{version.run_id}/{folder}/review.html"})
+
+
+def _live_tag(live: dict[str, Any] | None) -> str:
+    """The live evidence in one line, for the version (and, at promotion, the champion alias's record)."""
+    if live is None:
+        return ""
+    agreement = "none" if live["agreement"] is None else f"{live['agreement']:.3f}"
+    return f"n={live['n']} agreement={agreement} labelled={live['labelled']['n']} since={live['since'] or 'all'}"

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from . import data, label, lineage, models, operate, stack
+from . import canary, data, label, lineage, models, operate, stack
 from .common import LensopsGroup, Overrides, out, settings_for
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(label.app, name="label")
 app.add_typer(stack.app, name="stack")
+app.add_typer(canary.app, name="canary")
 models.register(app)
 lineage.register(app)
 operate.register(app)

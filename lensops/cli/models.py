@@ -66,6 +66,12 @@ def review_command(
     ] = None,
     extra: Annotated[Path | None, typer.Option(help="A labelled production sample: <label>/<image> files.")] = None,
     hold_ok: Annotated[bool, typer.Option("--hold-ok", help="Exit 0 on a hold verdict too (for pipelines).")] = False,
+    live: Annotated[
+        bool, typer.Option("--live", help="Judge on production traffic too: the challenger's shadow answers.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="With --live: shadowed requests since this time (2026-12-01T08:00).")
+    ] = None,
     overrides: Overrides = None,
 ) -> None:
     """Challenger against champion on the same test split; gates; report; verdict on the version.
@@ -75,7 +81,18 @@ def review_command(
     from training.review import review
 
     settings = settings_for(ctx, overrides)
-    result = review(settings, challenger_ref=challenger, champion_ref=champion, report_dir=report_dir, extra_dir=extra)
+    if since is not None and not live:
+        raise typer.BadParameter("--since needs --live", param_hint="--since")
+    result = review(
+        settings, challenger_ref=challenger, champion_ref=champion, report_dir=report_dir, extra_dir=extra,
+        live=live, since=since,
+    )  # fmt: skip
+    _print_review(result)
+    if result.verdict != "promote" and not hold_ok:
+        raise typer.Exit(3)
+
+
+def _print_review(result) -> None:
     models = result.contenders
     table = Table(title="review", title_justify="left")
     table.add_column("")
@@ -90,6 +107,8 @@ def review_command(
         accuracy = [f"{m.slices[name]['accuracy']:.4f}" if name in m.slices else "-" for m in models]
         table.add_row(f"accuracy on {name} ({first['n']})", *accuracy)
     out.print(table)
+    if (evidence := result.challenger.live) is not None:
+        _print_live(evidence)
     gates = Table(title="gates", title_justify="left")
     for column in ("gate", "value", "threshold", "result", "detail"):
         gates.add_column(column)
@@ -102,8 +121,22 @@ def review_command(
         out.print("no champion yet: only the absolute gates apply")
     colour = "green" if result.verdict == "promote" else "yellow"
     out.print(f"verdict: [bold {colour}]{result.verdict}[/]. Report: {result.report_dir / 'review.html'}")
-    if result.verdict != "promote" and not hold_ok:
-        raise typer.Exit(3)
+
+
+def _print_live(live: dict) -> None:
+    if not live["n"]:
+        out.print(f"live: no request answered by v{live['champion_version']} was shadowed by "
+                  f"v{live['challenger_version']} ({live['shadow_records']} shadow records)")  # fmt: skip
+        return
+    table = Table(title=f"live: {live['n']} shadowed requests, agreement {live['agreement']:.3f}", title_justify="left")
+    for column in ("champion's label", "requests", "agreement"):
+        table.add_column(column, justify="right")
+    for name, c in sorted(live["per_class"].items()):
+        table.add_row(name, str(c["n"]), f"{c['agreement']:.3f}")
+    out.print(table)
+    if (labelled := live["labelled"])["n"]:
+        out.print(f"live accuracy on {labelled['n']} labelled: champion {labelled['champion_accuracy']:.3f}, "
+                  f"challenger {labelled['challenger_accuracy']:.3f}")  # fmt: skip
 
 
 def promote_command(

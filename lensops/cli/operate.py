@@ -169,12 +169,20 @@ def serve_command(
     model: Annotated[str | None, typer.Option(help="Version, alias or models:/ URI (default @champion).")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default serve.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default serve.port).")] = None,
+    shadow: Annotated[
+        str | None, typer.Option(help="A version or alias also run on answered images, after the answer.")
+    ] = None,
+    shadow_fraction: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Share of answered images the shadow sees (default 1).")
+    ] = None,
     overrides: Overrides = None,
 ) -> None:
     """Serve the model with Ray Serve in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
     from serving.server import run_foreground
 
     settings = settings_for(ctx, overrides)
+    given = {"serve.shadow": shadow, "serve.shadow_fraction": shadow_fraction}
+    settings = settings.updated({k: v for k, v in given.items() if v is not None})
     run_foreground(
         settings, model, host=host, port=port,
         on_ready=lambda url: out.print(f"serving at {url} (docs at {url}/docs); Ctrl-C to stop"),

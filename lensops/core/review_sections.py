@@ -33,6 +33,16 @@ class GateSettings(Section):
         0.05, ge=0, le=1, description="against the champion: accuracy drop on any slice the champion was good at"
     )
     max_robustness_drop: float | None = Field(0.1, ge=0, le=1, description="against the champion, any robustness check")
+    min_live_records: float | None = Field(
+        100, ge=1, description="live (--live): shadowed requests needed before the other live gates judge"
+    )
+    min_live_agreement: float | None = Field(0.9, ge=0, le=1, description="live: share answered alike")
+    max_live_class_disagreement: float | None = Field(
+        0.2, ge=0, le=1, description="live: share disagreed with among any class the champion answered"
+    )
+    max_live_accuracy_drop: float | None = Field(
+        0.02, ge=0, le=1, description="live: on labelled shadowed requests, accuracy below the champion's"
+    )
 
 
 class ReviewSettings(Section):
@@ -51,5 +61,8 @@ class ReviewSettings(Section):
     slice_good_accuracy: float = Field(0.8, ge=0, le=1, description="a slice the champion is good at: at least this")
     robustness: list[dict[str, dict[str, Any]]] = Field(
         default_factory=_default_robustness, description="albumentations transforms, one check each"
+    )
+    live_required: bool = Field(
+        False, description="--live without min_live_records shadowed requests holds (otherwise it is only reported)"
     )
     gates: GateSettings = Field(default_factory=GateSettings)

@@ -203,6 +203,17 @@ class TuneSettings(Section):
     )
 
 
+class CanarySettings(Section):
+    """`lensops canary`: a candidate answering a share of requests, stopped as soon as it does worse."""
+
+    enabled: bool = Field(True, description="serving follows the `canary` alias (one idle replica without one)")
+    client_header: str = Field("X-Client-Key", description="requests carrying it stick to one version per key")
+    window: int = Field(200, ge=10, description="the latest answers of each version that judge the canary")
+    min_requests: int = Field(50, ge=1, description="canary answers in the window before it is judged")
+    max_error_rate_increase: float | None = Field(0.05, ge=0, le=1, description="over the champion's: stop past it")
+    max_p95_ratio: float | None = Field(2.0, gt=0, description="its p95 latency over the champion's: stop past it")
+
+
 class ServeSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -233,6 +244,9 @@ class ServeSettings(Section):
     model_replicas: int = Field(1, ge=1)
     replica_cpus: float = Field(0.25, gt=0, description="per replica; fractional so small machines can host all")
     use_gpu: bool | Literal["auto"] = "auto"
+    shadow: str | None = Field(None, description="version or alias also run on answered images, after the answer")
+    shadow_fraction: float = Field(1.0, ge=0, le=1, description="share of answered images the shadow sees too")
+    canary: CanarySettings = Field(default_factory=CanarySettings)
 
 
 class CaptureSettings(Section):
@@ -249,6 +263,7 @@ class CaptureSettings(Section):
 
 class MonitoringSettings(Section):
     log_dir: Path = Path("reports/production_log")
+    shadow_log_dir: Path = Path("reports/shadow_log")
     flush_seconds: float = Field(1.0, gt=0)
     flush_records: int = Field(512, ge=1)
     retention_days: float | None = Field(90, gt=0, description="segments older than this are removed")

@@ -54,6 +54,7 @@ REVIEW_BY = "lensops.review.by"
 REVIEW_CHAMPION = "lensops.review.champion"  # the champion version it was compared with ("" for none)
 REVIEW_FAILED_GATES = "lensops.review.failed_gates"  # comma-separated gate names
 REVIEW_REPORT = "lensops.review.report"  # runs:/ URI of review.html
+REVIEW_LIVE = "lensops.review.live"  # with --live: "n=412 agreement=0.981 labelled=40 since=..." ("" without)
 
 # Drift runs.
 DRIFT_VERDICT = "lensops.drift.verdict"
@@ -73,6 +74,7 @@ TUNE_STOPPED_BY = "lensops.tune.stopped_by"
 ALIAS_FIELDS = ("set_by", "set_at", "reason")
 PROMOTION_VERDICT = "review_verdict"  # alias_tag("champion", PROMOTION_VERDICT): the verdict it was promoted on
 PROMOTION_FORCED = "forced"
+PROMOTION_LIVE = "review_live"  # alias_tag("champion", PROMOTION_LIVE): the live evidence of that review ("" none)
 REPLACED = "replaced"  # alias_tag("champion", REPLACED): the version `previous` ends on after this move
 
 

@@ -16,6 +16,7 @@ class Model:
     batched_ms: float = 1.0
     slices: dict = field(default_factory=dict)
     robustness: dict = field(default_factory=dict)
+    live: dict | None = None
     metrics: dict = field(init=False)
     latency: dict = field(init=False)
 
@@ -116,3 +117,45 @@ def test_the_robustness_gate_holds_a_challenger_that_breaks_under_a_perturbation
         cfg, broken, Model(0.95, {"a": 1.0})
     )  # a champion reviewed without checks: nothing to compare
     assert "max_robustness_drop" not in [g.name for g in without]
+
+
+def _live(n: int, per_class: dict[str, tuple[int, float]], labelled=(0, 0.0, 0.0)) -> dict:
+    """Live evidence as `training.live_review.live_evidence` gives it: per class (requests, agreement)."""
+    agreement = sum(k * a for k, a in per_class.values()) / max(n, 1)
+    return {
+        "n": n,
+        "agreement": agreement,
+        "per_class": {c: {"n": k, "agreement": a, "disagreement": 1 - a} for c, (k, a) in per_class.items()},
+        "labelled": {"n": labelled[0], "champion_accuracy": labelled[1], "challenger_accuracy": labelled[2]},
+    }
+
+
+def test_the_live_gates_hold_a_challenger_that_disagrees_within_a_class_or_loses_live_accuracy():
+    cfg = ReviewSettings()  # min 100 records, agreement 0.9, class disagreement 0.2, accuracy drop 0.02
+    champion = Model(0.95, {"a": 1.0})
+
+    def judged(live):
+        return {g.name: g for g in apply_gates(cfg, Model(0.95, {"a": 1.0}, live=live), champion)}
+
+    alike = judged(_live(300, {"1": (100, 1.0), "7": (100, 0.99), "4": (100, 0.98)}, labelled=(40, 0.9, 0.9)))
+    assert all(alike[name].passed for name in ("min_live_records", "min_live_agreement", "max_live_accuracy_drop"))
+    assert alike["max_live_class_disagreement"].passed
+    # Two classes swapped: overall agreement is still 1/3, and the worst class is named.
+    swapped = judged(_live(300, {"1": (100, 0.0), "7": (100, 0.0), "4": (100, 1.0)}))
+    assert not swapped["min_live_agreement"].passed and not swapped["max_live_class_disagreement"].passed
+    assert swapped["max_live_class_disagreement"].detail in ("class 1", "class 7")
+    assert "max_live_accuracy_drop" not in swapped  # no labelled request: nothing to judge
+    worse = judged(_live(300, {"1": (300, 1.0)}, labelled=(50, 0.96, 0.9)))
+    assert not worse["max_live_accuracy_drop"].passed and round(worse["max_live_accuracy_drop"].value, 4) == 0.06
+    assert list(judged(None)) == ["min_accuracy", "max_accuracy_drop", "max_class_recall_drop",
+                                  "max_latency_ratio", "max_slice_drop"]  # fmt: skip
+
+
+def test_too_few_live_records_hold_only_when_live_evidence_is_required():
+    few = Model(0.95, {"a": 1.0}, live=_live(12, {"1": (12, 0.0)}))
+    optional = {g.name: g for g in apply_gates(ReviewSettings(), few, Model(0.95, {"a": 1.0}))}
+    assert optional["min_live_records"].passed and "skipped" in optional["min_live_records"].detail
+    assert "min_live_agreement" not in optional  # twelve requests judge nothing
+    required = ReviewSettings.model_validate({"live_required": True})
+    gates = {g.name: g for g in apply_gates(required, few, Model(0.95, {"a": 1.0}))}
+    assert not gates["min_live_records"].passed and gates["min_live_records"].value == 12
