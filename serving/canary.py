@@ -104,6 +104,7 @@ class Canary:
     async def info(self, refresh: bool = False) -> dict[str, Any] | None:
         """The canary deployment's info while a canary runs, else None; at most `STATE_SECONDS` old."""
         if refresh or time.monotonic() - self._state_at > STATE_SECONDS:
+            self._state_at = time.monotonic()  # requests arriving meanwhile use the state held, not a query each
             try:
                 info = await asyncio.wait_for(self.model.info.remote(), timeout=STATE_SECONDS)
             except Exception:  # no version loaded, or a replica that does not answer: no canary

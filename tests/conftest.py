@@ -137,6 +137,18 @@ def project_copy(digits_project: Path, dest: Path) -> Path:
     return dest
 
 
+def champion_project(digits_project: Path, dest: Path, overrides: list[str], reason: str):
+    """A private copy of the prepared project whose trained model is @champion; its settings."""
+    from lensops.core.settings import load_settings
+    from training.promotion import promote
+    from training.train import train
+
+    settings = load_settings(project_copy(digits_project, dest) / "params.yaml", overrides)
+    train(settings, progress=False)
+    promote(settings, reason=reason, force=True)
+    return settings
+
+
 def mlflow_client(settings):
     """An MLflow client on the project's own store, as lensops reaches it (no process-global URI)."""
     from lensops.core.registry import Registry

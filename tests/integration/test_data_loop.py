@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from lensops.core.capture import sha256_of
-from tests.conftest import TINY_TRAINING_FAST_INPUT, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, champion_project, project_copy
 
 pytestmark = pytest.mark.slow
 LOOP = [*TINY_TRAINING_FAST_INPUT, "drift.min_records=40", "label.batch_size=30"]
@@ -28,15 +28,13 @@ LOOP = [*TINY_TRAINING_FAST_INPUT, "drift.min_records=40", "label.batch_size=30"
 def served(ray_session, digits_project, tmp_path_factory):
     """A promoted `tiny` model, and shifted traffic it has answered (all of it captured)."""
     from data.digits import write_traffic
-    from lensops.core.settings import load_settings
     from monitoring.replay import replay
-    from training.promotion import promote
-    from training.train import train
 
-    root = project_copy(digits_project, tmp_path_factory.mktemp("loop") / "project")
-    settings = load_settings(root / "params.yaml", [*LOOP, "monitoring.capture.sample_rate=1.0"])
-    train(settings, progress=False)
-    promote(settings, reason="data loop tests", force=True)
+    overrides = [*LOOP, "monitoring.capture.sample_rate=1.0"]
+    settings = champion_project(
+        digits_project, tmp_path_factory.mktemp("loop") / "project", overrides, "data loop tests"
+    )
+    root = settings.root
     prepared = settings.path(settings.data.prepared)
     write_traffic(prepared, root / "traffic" / "shifted", splits=("train", "val"), shift=True, seed=1)
     images = sorted((root / "traffic" / "shifted").glob("*/*.png"))

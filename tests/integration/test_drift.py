@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_TRAINING_FAST_INPUT, mlflow_client, project_copy
+from tests.conftest import REPO, TINY_TRAINING_FAST_INPUT, champion_project, mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,9 @@ SMALL = [*TINY_TRAINING_FAST_INPUT, "drift.min_records=40", "drift.report_sample
 def monitored(ray_session, digits_project, tmp_path_factory):
     """A trained, promoted `tiny` model and its held-out images, clean and shifted."""
     from data.digits import write_traffic
-    from lensops.core.settings import load_settings
-    from training.promotion import promote
-    from training.train import train
 
-    root = project_copy(digits_project, tmp_path_factory.mktemp("drift") / "project")
-    settings = load_settings(root / "params.yaml", SMALL)
-    train(settings, progress=False)
-    promote(settings, reason="drift tests", force=True)
+    settings = champion_project(digits_project, tmp_path_factory.mktemp("drift") / "project", SMALL, "drift tests")
+    root = settings.root
     prepared = settings.path(settings.data.prepared)
     write_traffic(prepared, root / "traffic" / "clean", splits=("test",))
     write_traffic(prepared, root / "traffic" / "shifted", splits=("test",), shift=True, seed=1)

@@ -10,7 +10,7 @@ import pytest
 import requests
 import torch
 
-from tests.conftest import TINY_TRAINING_FAST_INPUT, free_port, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, champion_project, free_port
 from tests.data.test_upload import AWKWARD, BAD
 
 pytestmark = pytest.mark.slow
@@ -21,21 +21,17 @@ def served(ray_session, digits_project, tmp_path_factory):
     """A trained, promoted `tiny` model behind the real application; stopped by this fixture."""
     from ray import serve
 
-    from lensops.core.settings import load_settings
     from serving.server import start
-    from training.promotion import promote
-    from training.train import train
 
-    root = project_copy(digits_project, tmp_path_factory.mktemp("serving") / "project")
     overrides = [
         *TINY_TRAINING_FAST_INPUT,
         "serve.alias_poll_seconds=0.5",
         "monitoring.flush_seconds=0.2",
         "monitoring.capture.sample_rate=1.0",  # every answer captured: the capture test can name each file
     ]
-    settings = load_settings(root / "params.yaml", overrides)
-    train(settings, progress=False)
-    promote(settings, reason="serving tests", force=True)
+    settings = champion_project(
+        digits_project, tmp_path_factory.mktemp("serving") / "project", overrides, "serving tests"
+    )
     url, started_ray = start(settings, port=free_port())
     assert not started_ray  # it joined the session's Ray
     _wait_healthy(url)

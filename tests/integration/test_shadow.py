@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.conftest import TINY_TRAINING_FAST_INPUT, free_port, project_copy
+from tests.conftest import TINY_TRAINING_FAST_INPUT, champion_project, free_port
 from tests.integration.test_serving import _test_images, _wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -47,15 +47,11 @@ def shadowed(ray_session, digits_project, tmp_path_factory):
     """Champion v1 served with `serve.shadow=challenger`; v2 (v1 with two classes swapped) is @challenger."""
     from ray import serve
 
-    from lensops.core.settings import load_settings
     from serving.server import start
-    from training.promotion import promote
-    from training.train import train
 
-    root = project_copy(digits_project, tmp_path_factory.mktemp("shadow") / "project")
-    settings = load_settings(root / "params.yaml", OVERRIDES)
-    train(settings, progress=False)
-    promote(settings, reason="shadow tests", force=True)
+    settings = champion_project(
+        digits_project, tmp_path_factory.mktemp("shadow") / "project", OVERRIDES, "shadow tests"
+    )
     classes = _classes(settings, "1")
     swapped = register_variant(settings, "1", classes=[classes[0], classes[2], classes[1], *classes[3:]])
     url, _ = start(settings, port=free_port())
