@@ -1,17 +1,22 @@
-"""Serving throughput: lensops serve against a naive Ray Serve app and the raw model forward.
+"""Serving throughput: lensops serve against Ray Serve's floor, a naive Ray Serve app and the raw forward.
 
-  (a) lensops serve    ingress -> preprocessing deployment -> @serve.batch model deployment
-  (b) naive            one Ray Serve deployment: torchvision preprocessing and a forward per request
-  (c) raw forward      the same network in this process on ready tensors, batches of max_batch_size
+  lensops serve    ingress -> preprocessing deployment -> @serve.batch model deployment
+  floor            one deployment that reads the body and answers a constant: what Ray Serve costs
+  naive            one deployment (FastAPI): torchvision preprocessing and a forward per request
+  raw forward      the same network in this process on ready tensors, batches of max_batch_size
 
-(a) and (b) serve the same registered version on 127.0.0.1 and get the same PNG requests from a
-thread pool at concurrency 1 and 32; the script prints requests/s, p50 and p99 latency, and the
-ratios a/b and a/c. The client shares the machine's cores with the server.
+Each runs in both of Ray Serve's modes, each mode in a Ray of its own (a mode is fixed when Ray
+starts): "direct", lensops' default (`RAY_SERVE_THROUGHPUT_OPTIMIZED=1`: the ingress replica
+answers HTTP itself, deployments call each other over gRPC), and "proxy", Ray Serve's default
+(every request through its HTTP proxy). The apps serve the same registered version on 127.0.0.1
+and get the same PNG requests from a thread pool at concurrency 1 and 32; the script prints
+requests/s, p50 and p99, where each request's CPU goes (per process), and the ratios. The client
+shares the machine's cores with the server.
 
-(a) runs four times: with capture off, with the default capture policy, with a shadow on every
-request (`serve.shadow`, the champion's own version, so its forward costs what the champion's
-does), and capturing every image (`monitoring.capture.sample_rate=1`); the script prints what
-capture and the shadow cost.
+In direct mode lensops also runs with capture off, with a shadow on every request
+(`serve.shadow`, the champion's own version, so its forward costs what the champion's does), and
+capturing every image (`monitoring.capture.sample_rate=1`), and `/predict/batch` gets 32 images
+per request.
 
     python benchmarks/serve_throughput.py [--requests 400] [--size 32] [--model smallcnn] [-S key=value ...]
     python benchmarks/serve_throughput.py --model resnet18 --size 64 --epochs 1   # a forward that costs something
@@ -19,10 +24,12 @@ capture and the shadow cost.
 
 import argparse
 import io
+import json
 import os
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +51,11 @@ CAPTURE = {
     "shadow all": {"serve.shadow": "champion", "serve.shadow_fraction": 1.0},
     "capture all": {"monitoring.capture.sample_rate": 1.0, "monitoring.capture.low_score_below": None},
 }
+
+
+# Ray Serve's modes: "direct" is lensops' default (throughput-optimized: the ingress replica answers
+# HTTP itself, gRPC between deployments), "proxy" Ray Serve's own default (every request through its proxy).
+MODES = {"proxy": "0", "direct": "1"}
 
 
 def free_port() -> int:
@@ -166,16 +178,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--model", default="smallcnn", help="any name create_model knows")
     parser.add_argument("-S", "--set", action="append", default=[], help="params override, e.g. serve.batch_wait_ms=5")
+    parser.add_argument("--rows", help=argparse.SUPPRESS)  # internal: one mode's rows, in a fresh Ray
     args = parser.parse_args()
-
-    from ray import serve
+    if args.rows:
+        return serve_rows(args)
 
     from data.digits import write_digits
     from data.prepare import prepare_dataset
     from lensops.core.registry import Registry
     from lensops.core.settings import load_settings
-    from serving.app import build_app
-    from serving.server import start, stop
     from training.promotion import promote
     from training.train import train
 
@@ -184,81 +195,112 @@ def main() -> None:
     try:
         shutil.copy(REPO / "params.yaml", root / "params.yaml")
         write_digits(root / "data" / "raw", size=args.size)
-        overrides = [
-            f"train.epochs={args.epochs}",
-            f"train.model={args.model}",
-            *args.set,
-            f"train.preprocessing.size={args.size}",
-            "registry.model_name=bench",
-            "registry.experiment=bench",
-        ]
-        settings = load_settings(root / "params.yaml", overrides)
+        settings = load_settings(root / "params.yaml", _overrides(args))
         prepare_dataset(settings, progress=False)
         train(settings, progress=False)
         promote(settings, reason="benchmark", force=True)
-        bodies = [p.read_bytes() for p in sorted((root / "data" / "raw").rglob("*.png"))[:200]]
-        registry = Registry.of(settings)
+        import ray
 
-        port = free_port()
-        url, started_ray = start(settings.updated(CAPTURE["capture off"]), port=port)
+        ray.shutdown()
         results = {}
-        for name, overrides in CAPTURE.items():
-            serve.run(build_app(settings.updated(overrides)), name="lensops", route_prefix="/", blocking=False)
-            _wait(url)
-            for c in (1, 32):
-                results[(name, c)] = load(url, bodies, c, args.requests)
-            if name == "lensops":
-                results[("batch of 32", 4)] = load(url, bodies, 4, max(8, args.requests // 32), per_request=32)
-        serve.delete("lensops")
-        serve.run(floor_app(), name="floor", route_prefix="/", blocking=False)
-        _wait(url, path="/")
-        for c in (1, 32):
-            results[("floor", c)] = load(url, bodies, c, args.requests)
-        serve.delete("floor")
-        serve.run(naive_app(registry, "@champion", args.size), name="naive", route_prefix="/", blocking=False)
-        _wait(url, path="/docs")
-        for c in (1, 32):
-            results[("naive", c)] = load(url, bodies, c, args.requests)
-        stop(started_ray)
-
-        with registry.open("@champion") as version:
+        for mode, optimized in MODES.items():  # each in a Ray of its own: the mode is fixed when Ray starts
+            out = root / f"{mode}.json"
+            env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": optimized}
+            command = [sys.executable, __file__, "--rows", f"{mode}:{root}:{out}", *sys.argv[1:]]
+            subprocess.run(command, env=env, check=True)
+            results.update({(row, int(c)): r for row, c, r in json.loads(out.read_text())})
+        with Registry.of(settings).open("@champion") as version:
             network = version.network()
-        batch = torch.randn(settings.serve.max_batch_size, 3, args.size, args.size)
-        with torch.no_grad():
-            for _ in range(5):
-                network(batch)
-            started = time.perf_counter()
-            rounds = 50
-            for _ in range(rounds):
-                network(batch)
-        raw_rps = rounds * len(batch) / (time.perf_counter() - started)
-
-        print(f"\n{'':<22}{'req/s':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-        for (name, c), r in results.items():
-            row = f"{r['rps']:>9.1f}{r['images_per_s']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-            print(f"{name + f' c={c}':<22}{row}")
-        print(f"{'raw forward b=' + str(len(batch)):<22}{raw_rps:>9.1f}")
-        for name in ("lensops", "shadow all", "naive"):  # where a request's CPU goes, at concurrency 32
-            split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in results[(name, 32)]["cpu_ms"].items())
-            print(f"CPU ms per request, {name} c=32: {split}")
-        for c in (1, 32):
-            a, b = results[("lensops", c)]["rps"], results[("naive", c)]["rps"]
-            print(f"concurrency {c}: a/b = {a / b:.2f}   a/c = {a / raw_rps:.3f}")
-        for c in (1, 32):
-            floor = results[("floor", c)]["rps"]
-            print(f"concurrency {c}: lensops / floor = {results[('lensops', c)]['rps'] / floor:.2f}")
-        batch = results[("batch of 32", 4)]["images_per_s"]
-        print(f"/predict/batch of 32: {batch:.1f} images/s = {batch / raw_rps:.3f} of the raw batched forward")
-        p50 = results[("lensops", 1)]["p50_ms"] - results[("naive", 1)]["p50_ms"]
-        print(f"concurrency 1: p50 lensops - naive = {p50:+.1f} ms")
-        for name in ("lensops", "capture all"):
-            ratios = [results[(name, c)]["rps"] / results[("capture off", c)]["rps"] for c in (1, 32)]
-            print(f"{name} / capture off: req/s ratio {ratios[0]:.2f} at c=1, {ratios[1]:.2f} at c=32")
-        shadow, plain = results[("shadow all", 1)]["p50_ms"], results[("lensops", 1)]["p50_ms"]
-        rps = results[("shadow all", 32)]["rps"] / results[("lensops", 32)]["rps"]
-        print(f"shadow on every request: p50 at c=1 {shadow / plain:.2f} of lensops', req/s at c=32 {rps:.2f}")
+        report(results, raw_forward(network, settings.serve.max_batch_size, args.size))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _overrides(args) -> list[str]:
+    return [
+        f"train.epochs={args.epochs}",
+        f"train.model={args.model}",
+        *args.set,
+        f"train.preprocessing.size={args.size}",
+        "registry.model_name=bench",
+        "registry.experiment=bench",
+    ]
+
+
+def serve_rows(args) -> None:
+    """One Ray Serve mode's rows ("direct": lensops' default; "proxy": Ray Serve's default), as JSON."""
+    from ray import serve
+
+    from lensops.core.compute import ensure_ray
+    from lensops.core.registry import Registry
+    from lensops.core.settings import load_settings
+    from serving.app import build_app
+    from serving.server import ingress_url, stop
+
+    mode, root, out = args.rows.split(":")
+    settings = load_settings(Path(root) / "params.yaml", _overrides(args))
+    bodies = [p.read_bytes() for p in sorted((Path(root) / "data" / "raw").rglob("*.png"))[:200]]
+    started_ray = ensure_ray()  # each application's ingress takes the next free port of Ray's range
+    port = free_port()  # the proxy's
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    variants = CAPTURE if mode == "direct" else {"lensops": {}}
+    apps = {f"{name} ({mode})": (build_app(settings.updated(o)), "/healthz") for name, o in variants.items()}
+    apps[f"floor ({mode})"] = (floor_app(), "/")
+    apps[f"naive ({mode})"] = (naive_app(Registry.of(settings), "@champion", args.size), "/docs")
+    rows = []
+    for name, (app, ready) in apps.items():
+        app_name = name.split()[0]
+        serve.run(app, name=app_name, route_prefix="/", blocking=False)
+        url = ingress_url("127.0.0.1", port, app=app_name)
+        _wait(url, path=ready)
+        for c in (1, 32):
+            rows.append((name, c, load(url, bodies, c, args.requests)))
+        if name.startswith("lensops"):
+            rows.append((f"batch of 32 ({mode})", 4, load(url, bodies, 4, max(8, args.requests // 32), per_request=32)))
+        serve.delete(app_name)
+    stop(started_ray)
+    Path(out).write_text(json.dumps(rows))
+
+
+def raw_forward(network, batch_size: int, size: int) -> float:
+    """Images/s of the network alone, in this process, on ready tensors."""
+    batch = torch.randn(batch_size, 3, size, size)
+    with torch.no_grad():
+        for _ in range(5):
+            network(batch)
+        started = time.perf_counter()
+        rounds = 50
+        for _ in range(rounds):
+            network(batch)
+    return rounds * batch_size / (time.perf_counter() - started)
+
+
+def report(results: dict, raw_rps: float) -> None:
+    print(f"\n{'':<30}{'req/s':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for (name, c), r in results.items():
+        row = f"{r['rps']:>9.1f}{r['images_per_s']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+        print(f"{name + f' c={c}':<30}{row}")
+    print(f"{'raw forward b=32':<30}{raw_rps:>9.1f}")
+    cpu_rows = ["lensops (direct)", "shadow all (direct)", "naive (direct)", "lensops (proxy)", "naive (proxy)"]
+    for name, c in [(name, 32) for name in [*cpu_rows, "floor (proxy)"]] + [("batch of 32 (direct)", 4)]:
+        split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in results[(name, c)]["cpu_ms"].items())
+        print(f"CPU ms per request, {name} c={c}: {split}")
+    rps = {key: r["rps"] for key, r in results.items()}
+    lensops = "lensops (direct)"
+    for base in ("floor (proxy)", "floor (direct)", "naive (proxy)", "naive (direct)", "lensops (proxy)"):
+        print(f"{lensops} / {base}: {rps[(lensops, 1)] / rps[(base, 1)]:.2f} at c=1, "
+              f"{rps[(lensops, 32)] / rps[(base, 32)]:.2f} at c=32")  # fmt: skip
+    for base in ("naive (proxy)", "naive (direct)"):
+        p50 = results[(lensops, 1)]["p50_ms"] - results[(base, 1)]["p50_ms"]
+        print(f"concurrency 1: p50 {lensops} - {base} = {p50:+.1f} ms")
+    batch = results[("batch of 32 (direct)", 4)]["images_per_s"]
+    print(f"/predict/batch of 32: {batch:.1f} images/s = {batch / raw_rps:.3f} of the raw batched forward")
+    for name in ("lensops", "capture all"):
+        ratios = [rps[(f"{name} (direct)", c)] / rps[("capture off (direct)", c)] for c in (1, 32)]
+        print(f"{name} / capture off: req/s ratio {ratios[0]:.2f} at c=1, {ratios[1]:.2f} at c=32")
+    shadow, plain = results[("shadow all (direct)", 1)]["p50_ms"], results[(lensops, 1)]["p50_ms"]
+    ratio = rps[("shadow all (direct)", 32)] / rps[(lensops, 32)]
+    print(f"shadow on every request: p50 at c=1 {shadow / plain:.2f} of lensops', req/s at c=32 {ratio:.2f}")
 
 
 def _wait(url: str, path: str = "/healthz", timeout: float = 120) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -9,6 +10,8 @@ from lensops.core.compute import ensure_ray
 from lensops.core.errors import UsageError
 from lensops.core.registry import Registry
 from lensops.core.settings import Settings
+
+DIRECT_PORTS = ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
 
 
 class ServeError(UsageError):
@@ -24,11 +27,16 @@ def start(
     settings: Settings, model_ref: str | None = None, *, host: str | None = None, port: int | None = None
 ) -> tuple[str, bool]:
     """Start Serve and the application; returns (base URL, whether Ray was started here)."""
+    import ray
     from ray import serve
 
     from .app import build_app, model_gpus
 
     check_model(settings, model_ref)
+    host = host or settings.serve.host
+    port = settings.serve.port if port is None else port
+    if not ray.is_initialized():
+        listen_directly_on(port)
     started_ray = ensure_ray()
     try:
         model_gpus(settings.serve)  # serve.use_gpu against the GPUs Ray sees, before anything starts
@@ -38,12 +46,51 @@ def start(
 
             ray.shutdown()
         raise ServeError(str(e)) from None
-    host = host or settings.serve.host
-    port = settings.serve.port if port is None else port
     warn_if_open(host)
-    serve.start(http_options={"host": host, "port": port})
+    # With direct ingress the ingress replica takes `port` and Ray Serve's proxy (which still
+    # starts, and would answer the same application more slowly) another, free one.
+    proxy_port = free_port(host) if os.environ.get(DIRECT_PORTS[0]) == str(port) else port
+    serve.start(http_options={"host": host, "port": proxy_port})
     serve.run(build_app(settings, model_ref), name="lensops", route_prefix="/", blocking=False)
-    return f"http://{host}:{port}", started_ray
+    return ingress_url(host, port), started_ray
+
+
+def listen_directly_on(port: int) -> None:
+    """Before this process starts Ray: in Ray Serve's direct-ingress mode (lensops' default,
+    `lensops.core.compute.RAY_ENVIRONMENT`), the ingress replica listens on exactly `port`. Ray
+    hands ingress replicas ports from a range fixed when it starts; this range holds one port."""
+    from lensops.core.compute import ray_environment
+
+    ray_environment()
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") != "1":
+        return  # a cluster started elsewhere keeps its own settings; without direct ingress the proxy has `port`
+    os.environ[DIRECT_PORTS[0]], os.environ[DIRECT_PORTS[1]] = str(port), str(port + 1)
+
+
+def ingress_url(host: str, port: int, app: str = "lensops", wait_s: float = 10) -> str:
+    """Where the application answers: its ingress replica's own port under direct ingress (which
+    need not be `port` in a Ray started elsewhere), else the proxy's `port`."""
+    import time
+
+    from ray.serve.context import _get_global_client  # the controller's target groups: no public API yet
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        for group in _get_global_client().get_serve_details().get("target_groups", []):
+            protocol = str(getattr(group.get("protocol"), "value", group.get("protocol")))
+            if group.get("app_name") == app and protocol == "HTTP" and group.get("targets"):
+                return f"http://{host}:{group['targets'][0]['port']}"
+        if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") != "1" or time.monotonic() > deadline:
+            return f"http://{host}:{port}"
+        time.sleep(0.2)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def warn_if_open(host: str) -> bool:

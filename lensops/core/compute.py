@@ -8,7 +8,24 @@ import os
 # - Ray Train's controller collects reports when it polls its workers, every 2 s by default, and
 #   a worker's `report` waits for that poll: every epoch and the end of a run took at least 2 s,
 #   which is most of a short run on small data. A poll costs one small call per worker.
-RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# - Ray Serve's throughput-optimized mode: the ingress replica answers HTTP itself (direct
+#   ingress, no proxy hop), deployments call each other over gRPC, and user code runs on the
+#   replica's own event loop. Through the proxy, Ray Serve spent 7-15 ms of CPU per request on
+#   two cores before any lensops code ran; directly, 0.3 ms (benchmarks/README.md). The ingress
+#   replica then drains for 1 s on shutdown instead of 30 (a load balancer's deregistration time;
+#   there is none in front of it), and a port it gives back is free again at once (Ray keeps it
+#   for 150 s for a load balancer's sake): a restarted ingress listens where the old one did.
+#   gRPC between replicas caps a message at 4 MB by default, below one upload under
+#   `serve.max_body_bytes` (a 7 MB photo got a 500): the cap is gRPC's largest.
+#   `RAY_SERVE_THROUGHPUT_OPTIMIZED=0` restores the proxy.
+RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    "RAY_SERVE_PORT_QUARANTINE_S": "0",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+}
 
 
 def ray_environment() -> None:

@@ -35,7 +35,7 @@ def served(ray_session, digits_project, tmp_path_factory):
     url, started_ray = start(settings, port=free_port())
     assert not started_ray  # it joined the session's Ray
     _wait_healthy(url)
-    yield settings, url
+    yield [settings, url]  # a list: a test that deploys the application again puts its new address here
     serve.shutdown()
 
 
@@ -49,6 +49,19 @@ def _wait_healthy(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} never became healthy")
+
+
+def _deploy(app) -> str:
+    """The application deployed again (new settings), once healthy; its address. With Ray Serve's
+    direct ingress each new ingress replica listens on a port of its own."""
+    from ray import serve
+
+    from serving.server import ingress_url
+
+    serve.run(app, name="lensops", route_prefix="/", blocking=False)
+    url = ingress_url("127.0.0.1", 0)
+    _wait_healthy(url)
+    return url
 
 
 def _test_images(settings, n: int = 12):
@@ -120,6 +133,24 @@ def test_multipart_single_and_batch_with_one_bad_file(served):
     assert batch.status_code == 200, batch.text
     results = batch.json()["results"]
     assert [r["status"] for r in results] == [200, 415, 200] and results[1]["error"] == "unsupported_format"
+
+
+def test_uploads_of_several_megabytes_are_answered_alone_and_in_a_batch(served):
+    """Replicas call each other over gRPC, whose default message cap (4 MB) is below one upload
+    under `serve.max_body_bytes`: a photo of 5 MB, or a batch of them, is still answered."""
+    from PIL import Image
+
+    _, url = served
+    noise = np.random.default_rng(0).integers(0, 256, (1300, 1300, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG", compress_level=0)
+    photo = buffer.getvalue()
+    assert 4 * 2**20 < len(photo) < 10 * 2**20
+    answer = requests.post(f"{url}/predict", data=photo, timeout=60)
+    assert answer.status_code == 200, answer.text
+    files = [("file", (f"{i}.png", photo, "image/png")) for i in range(2)]
+    batch = requests.post(f"{url}/predict/batch", files=files, timeout=60)
+    assert batch.status_code == 200 and [r["status"] for r in batch.json()["results"]] == [200, 200], batch.text
 
 
 def test_every_answer_that_is_not_a_200_is_json_and_counted(served):
@@ -237,8 +268,6 @@ def test_a_chunked_upload_is_stopped_at_the_byte_limit(served):
 
 
 def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
-    from ray import serve
-
     from serving.app import build_app
     from tests.hostile import flat_png, many_page_tiff, many_scan_jpeg
 
@@ -251,9 +280,8 @@ def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
     # Over the light lane's 4 MP: decoded by the heavy lane's low-priority worker, and answered.
     assert requests.post(f"{url}/predict", data=flat_png(2100, 2000), timeout=60).status_code == 200
     lenient = settings.updated({"serve.max_scans": 10**6, "serve.decode_timeout_s": 0.3})
-    serve.run(build_app(lenient), name="lensops", route_prefix="/", blocking=False)
+    url = _deploy(build_app(lenient))
     try:
-        _wait_healthy(url)
         hostile = many_scan_jpeg(copies=100_000)
         deadline, answer = time.monotonic() + 30, None
         while time.monotonic() < deadline:  # until the new preprocessing replica answers
@@ -264,8 +292,7 @@ def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
         assert requests.post(f"{url}/predict", data=image, timeout=30).status_code == 200  # the replica goes on
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
-        serve.run(build_app(settings), name="lensops", route_prefix="/", blocking=False)
-        _wait_healthy(url)
+        served[1] = _deploy(build_app(settings))
 
 
 def test_parameters_model_route_and_metrics(served):
@@ -380,17 +407,14 @@ def test_concurrent_requests_share_one_forward(served):
     """Requests that arrive together are preprocessed and predicted as one batch, each answered on its own."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray import serve
-
     from serving.app import build_app
 
     settings, url = served
     test, raw = _test_images(settings, 8)
     bodies = [(raw / p).read_bytes() for p in test.path]
     patient = settings.updated({"serve.max_batch_size": 8, "serve.batch_wait_ms": 3000})
-    serve.run(build_app(patient), name="lensops", route_prefix="/", blocking=False)
+    url = _deploy(build_app(patient))
     try:
-        _wait_healthy(url)
         deadline = time.monotonic() + 30  # until the new ingress (fresh metrics) answers
         while "lensops_model_batch_size_count 0.0" not in requests.get(f"{url}/metrics", timeout=10).text:
             assert time.monotonic() < deadline
@@ -404,8 +428,7 @@ def test_concurrent_requests_share_one_forward(served):
         images = float(metrics.split("lensops_model_batch_size_sum ")[1].split()[0])
         assert images == 8 and forwards < 8  # eight answers from fewer forwards (one, when all came in the window)
     finally:
-        serve.run(build_app(settings), name="lensops", route_prefix="/", blocking=False)
-        _wait_healthy(url)
+        served[1] = _deploy(build_app(settings))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU where there is none")
@@ -418,14 +441,11 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error(served):
 
 
 def test_api_key_guards_every_route_but_healthz(served, monkeypatch):
-    from ray import serve
-
     from serving.app import build_app
 
     settings, url = served
-    serve.run(build_app(settings, api_key="s3cret"), name="lensops", route_prefix="/", blocking=False)
+    url = _deploy(build_app(settings, api_key="s3cret"))
     try:
-        _wait_healthy(url)
         image = io.BytesIO()
         from PIL import Image
 
@@ -447,14 +467,12 @@ def test_api_key_guards_every_route_but_healthz(served, monkeypatch):
         keyed = requests.post(f"{url}/predict", data=image.getvalue(), headers={"x-api-key": "s3cret"}, timeout=30)
         assert keyed.status_code == 200
     finally:
-        serve.run(build_app(settings, api_key=""), name="lensops", route_prefix="/", blocking=False)
+        served[1] = _deploy(build_app(settings, api_key=""))
 
 
 def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
     """With one image admitted, a burst is turned away at once with lensops's JSON 503, not left to time out."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from ray import serve
 
     from serving.app import build_app
 
@@ -462,9 +480,8 @@ def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
     test, raw = _test_images(settings, 1)
     image = (raw / test.path.iloc[0]).read_bytes()
     tight = settings.updated({"serve.max_images_in_flight": 1, "serve.batch_wait_ms": 300})
-    serve.run(build_app(tight), name="lensops", route_prefix="/", blocking=False)
+    url = _deploy(build_app(tight))
     try:
-        _wait_healthy(url)
 
         def call(_):
             started = time.perf_counter()
@@ -484,8 +501,7 @@ def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
 
         # Adaptive batching: a lone request does not wait out a 5 s batch window (it would get a 408 at 3 s).
         lone = settings.updated({"serve.batch_wait_ms": 5000, "serve.request_timeout_s": 3})
-        serve.run(build_app(lone), name="lensops", route_prefix="/", blocking=False)
-        _wait_healthy(url)
+        url = _deploy(build_app(lone))
         for _ in range(3):
             answer = requests.post(f"{url}/predict", data=image, timeout=30)
             assert answer.status_code == 200, answer.text
@@ -495,13 +511,11 @@ def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
         slow = settings.updated(
             {"serve.request_timeout_s": 0.05, "serve.batch_wait_ms": 500, "serve.max_batch_size": 64}
         )
-        serve.run(build_app(slow), name="lensops", route_prefix="/", blocking=False)
-        _wait_healthy(url)
+        url = _deploy(build_app(slow))
         deadline = time.monotonic() + 30
         answer = requests.post(f"{url}/predict", data=image, timeout=30)
         while answer.status_code != 408 and time.monotonic() < deadline:  # until the new ingress answers
             answer = requests.post(f"{url}/predict", data=image, timeout=30)
         assert answer.status_code == 408 and answer.json()["error"] == "timeout"
     finally:
-        serve.run(build_app(settings), name="lensops", route_prefix="/", blocking=False)
-        _wait_healthy(url)
+        served[1] = _deploy(build_app(settings))
