@@ -5,7 +5,7 @@
   held. Multipart bodies go through Starlette's parser on the same capped stream, with a limit on
   the number of files.
 - **Every answer that is not a 200 is JSON** `{"error", "detail", "request_id"}` (`error_response`).
-  The `request_id` is the one Ray Serve's proxy sends back as `X-Request-ID`.
+  The `request_id` is the one Ray Serve sends back as `X-Request-ID`.
 - **The key** is compared in constant time (`hmac.compare_digest`).
 """
 
@@ -23,7 +23,7 @@ class ClientError(Exception):
 
 
 def request_id(request: Request) -> str:
-    """The id Ray Serve gave the request (its proxy returns it as `X-Request-ID`), else a new one."""
+    """The id Ray Serve gave the request (it returns it as `X-Request-ID`), else a new one."""
     rid = getattr(request.state, "request_id", None)
     if rid is None:
         try:

@@ -31,6 +31,8 @@ WORKER_PRELOAD = ["data.upload"]
 LIGHT_PIXELS = 4_000_000
 LIGHT_FRAMES = 16
 LIGHT_SCANS = 12
+# Uploads of one /predict/batch decoded per task: one round trip to a worker for several small images.
+GROUP = 8
 
 
 @serve.deployment
@@ -69,8 +71,29 @@ class Preprocess:
             parsed = PreprocessingSpec.model_validate(spec)
             self._specs[cache] = (parsed, spec_key(parsed))
         parsed, key = self._specs[cache]
-        outcomes = await asyncio.gather(*(self._prepare(body, parsed) for body in bodies), return_exceptions=True)
-        return [self._result(outcome, parsed, key) for outcome in outcomes]
+        groups = [bodies[i : i + GROUP] for i in range(0, len(bodies), GROUP)]
+        outcomes = await asyncio.gather(*(self._prepare_group(group, parsed) for group in groups))
+        return [self._result(outcome, parsed, key) for part in outcomes for outcome in part]
+
+    async def _prepare_group(self, bodies: list[bytes], spec: PreprocessingSpec) -> list:
+        """Several uploads (of one /predict/batch) in one decoding task. When the task as a whole
+        fails (a decoder overran its deadline, crashed or ran out of memory on one of them), each
+        upload is decoded again alone, so only the one at fault gets the 422."""
+        from data.upload import TooHeavy, prepare_uploads
+
+        if len(bodies) > 1:
+            try:
+                outcomes = await asyncio.wrap_future(
+                    self.pool.submit(prepare_uploads, bodies, self.limits, spec, self.light)
+                )
+                heavy = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, TooHeavy)]
+                again = await asyncio.gather(*(self._prepare(bodies[i], spec) for i in heavy), return_exceptions=True)
+                for i, outcome in zip(heavy, again, strict=True):
+                    outcomes[i] = outcome
+                return outcomes
+            except Exception:
+                pass
+        return await asyncio.gather(*(self._prepare(body, spec) for body in bodies), return_exceptions=True)
 
     async def _prepare(self, body: bytes, spec: PreprocessingSpec) -> dict[str, Any]:
         from data.upload import TooHeavy, prepare_upload

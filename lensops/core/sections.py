@@ -234,9 +234,9 @@ class ServeSettings(Section):
         256,
         ge=1,
         description="requests one ingress replica takes at once; above max_images_in_flight, so that"
-        " overload is answered by lensops's JSON 503 before Ray's proxy queues",
+        " overload is answered by lensops's JSON 503 before Ray Serve queues",
     )
-    max_queued_requests: int = Field(64, ge=1, description="waiting in Ray's proxy beyond that: its own 503 at once")
+    max_queued_requests: int = Field(64, ge=1, description="waiting in Ray Serve beyond that: its own 503 at once")
     max_images_in_flight: int = Field(128, ge=1, description="images (a batch counts each) answered at once; 503 past")
     max_batch_files: int = Field(64, ge=1, description="files one /predict/batch request may carry")
     alias_poll_seconds: float = Field(2.0, gt=0, description="how often the served alias is re-resolved")

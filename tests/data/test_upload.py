@@ -165,6 +165,19 @@ def test_the_light_lane_passes_small_images_on_and_names_the_heavy_ones_from_the
     assert prepare_upload(PNG, limits, spec, light)["pixels"].shape == (16, 16, 3)
 
 
+def test_uploads_prepared_together_keep_each_outcome_in_its_place():
+    from data.upload import TooHeavy, prepare_upload, prepare_uploads
+    from serving.preprocess import LIGHT_FRAMES, LIGHT_PIXELS, LIGHT_SCANS
+    from tests.hostile import flat_png
+
+    limits, spec = ImageLimits(), PreprocessingSpec(size=16)
+    light = ImageLimits.of(max_pixels=LIGHT_PIXELS, max_frames=LIGHT_FRAMES, max_scans=LIGHT_SCANS)
+    outcomes = prepare_uploads([PNG, b"not an image", flat_png(2100, 2000), JPEG], limits, spec, light)
+    assert [type(o).__name__ for o in outcomes] == ["dict", "ImageRejected", "TooHeavy", "dict"]
+    assert outcomes[1].status == 415 and isinstance(outcomes[2], TooHeavy)
+    np.testing.assert_array_equal(outcomes[3]["pixels"], prepare_upload(JPEG, limits, spec)["pixels"])
+
+
 def test_a_decoding_pool_can_run_its_workers_at_a_lower_priority():
     import os
 

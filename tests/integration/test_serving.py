@@ -89,7 +89,7 @@ def test_answers_match_the_offline_evaluation_path(served):
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["model"] == {"name": "tiny", "version": files.version}
-        assert body["request_id"] == answer.headers["x-request-id"]  # the id Ray Serve's proxy answers with
+        assert body["request_id"] == answer.headers["x-request-id"]  # the id Ray Serve answers with
         top = body["predictions"][0]
         assert top["label"] == files.classes[int(expected[row].argmax())]
         assert top["score"] == pytest.approx(float(expected[row].max()), abs=1e-5)
@@ -290,6 +290,10 @@ def test_decoder_bombs_get_a_422_and_a_runaway_decoder_is_stopped(served):
                 break
         assert answer.status_code == 422 and "took longer than 0.3 s" in answer.json()["detail"], answer.text
         assert requests.post(f"{url}/predict", data=image, timeout=30).status_code == 200  # the replica goes on
+        # In a batch the files are decoded together; when one overruns, the others are decoded alone and answered.
+        files = [("file", (name, body, "image/jpeg")) for name, body in (("a", image), ("b", hostile), ("c", image))]
+        batch = requests.post(f"{url}/predict/batch", files=files, timeout=60).json()["results"]
+        assert [r["status"] for r in batch] == [200, 422, 200] and "took longer" in batch[1]["detail"], batch
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
         served[1] = _deploy(build_app(settings))
@@ -486,7 +490,7 @@ def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
         def call(_):
             started = time.perf_counter()
             answer = requests.post(f"{url}/predict", data=image, timeout=60)
-            if answer.status_code == 503:  # lensops's own answer, not Ray's proxy's plain text
+            if answer.status_code == 503:  # lensops's own answer, not Ray Serve's plain text
                 assert answer.json()["error"] == "overloaded", answer.text
             return answer.status_code, time.perf_counter() - started
 
