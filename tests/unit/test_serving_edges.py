@@ -25,3 +25,25 @@ def test_an_open_address_without_a_key_is_warned_about(host, key, warned, monkey
         monkeypatch.setenv("LENSOPS_API_KEY", key)
     assert warn_if_open(host) is warned
     assert ("without an API key" in capsys.readouterr().err) is warned
+
+
+@pytest.mark.parametrize(
+    ("environment", "direct"),
+    [
+        ({}, True),  # lensops' default: Ray Serve's direct ingress, on exactly the port asked for
+        ({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}, False),  # through the proxy, which takes the port
+        ({"RAY_ADDRESS": "10.0.0.5:6379"}, False),  # a cluster started elsewhere keeps its own ports
+    ],
+)
+def test_a_ray_started_for_serving_hands_the_ingress_exactly_its_port(environment, direct, monkeypatch):
+    import os
+
+    from serving.server import DIRECT_PORTS, listen_directly_on
+
+    for name in (*DIRECT_PORTS, "RAY_ADDRESS", "RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+        monkeypatch.setenv(name, "")  # recorded, so what the test sets is undone after it
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    listen_directly_on(8123)
+    assert [os.environ.get(name) for name in DIRECT_PORTS] == (["8123", "8124"] if direct else [None, None])
