@@ -35,6 +35,7 @@ def start(
     check_model(settings, model_ref)
     host = host or settings.serve.host
     port = settings.serve.port if port is None else port
+    check_port(host, port)  # Ray would only say "failed to update the deployments ['Ingress']"
     if not ray.is_initialized():
         listen_directly_on(port)
     started_ray = ensure_ray()
@@ -83,6 +84,23 @@ def ingress_url(host: str, port: int, app: str = "lensops", wait_s: float = 10) 
         if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") != "1" or time.monotonic() > deadline:
             return f"http://{host}:{port}"
         time.sleep(0.2)
+
+
+def check_port(host: str, port: int) -> None:
+    """ServeError, naming the address, when nothing could listen on it now."""
+    import errno
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                detail = f"{host}:{port} is in use: stop what listens there, or serve on another --port"
+            else:
+                detail = f"cannot listen on {host}:{port}: {e.strerror or e}"
+            raise ServeError(detail) from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -47,3 +47,19 @@ def test_a_ray_started_for_serving_hands_the_ingress_exactly_its_port(environmen
         monkeypatch.setenv(name, value)
     listen_directly_on(8123)
     assert [os.environ.get(name) for name in DIRECT_PORTS] == (["8123", "8124"] if direct else [None, None])
+
+
+def test_an_address_nothing_can_listen_on_is_named_before_ray_starts():
+    import socket
+
+    from serving.server import ServeError, check_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError, match=rf"127\.0\.0\.1:{port} is in use"):
+            check_port("127.0.0.1", port)
+    check_port("127.0.0.1", port)  # free again
+    with pytest.raises(ServeError, match=r"cannot listen on 192\.0\.2\.250"):  # an address this machine lacks
+        check_port("192.0.2.250", port)
