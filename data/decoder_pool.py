@@ -74,6 +74,8 @@ def _start_worker(memory_bytes: int, quiet: bool, nice: int = 0) -> None:
     Image.MAX_IMAGE_PIXELS = None
     if nice:  # a lower CPU priority: this worker's decodes run on what the rest leaves over
         os.nice(nice)
+        if nice >= 19 and hasattr(os, "SCHED_IDLE"):  # the lowest: any other runnable task preempts it at once
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if quiet:  # C decoders (libtiff) print their complaints about hostile files; the rejection says enough
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)

@@ -185,6 +185,8 @@ def test_a_decoding_pool_can_run_its_workers_at_a_lower_priority():
 
     with DecoderPool(workers=1, timeout_s=5, memory_mb=256, preload=[], nice=19) as pool:
         assert pool.submit(os.nice, 0).result() == min(19, os.nice(0) + 19)
+        if hasattr(os, "SCHED_IDLE"):  # at 19, Linux's idle class: it runs only on a core nothing else wants
+            assert pool.submit(os.sched_getscheduler, 0).result() == os.SCHED_IDLE
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (300, 200, 3)])
