@@ -81,19 +81,18 @@ class Preprocess:
         upload is decoded again alone, so only the one at fault gets the 422."""
         from data.upload import TooHeavy, prepare_uploads
 
-        if len(bodies) > 1:
-            try:
-                outcomes = await asyncio.wrap_future(
-                    self.pool.submit(prepare_uploads, bodies, self.limits, spec, self.light)
-                )
-                heavy = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, TooHeavy)]
-                again = await asyncio.gather(*(self._prepare(bodies[i], spec) for i in heavy), return_exceptions=True)
-                for i, outcome in zip(heavy, again, strict=True):
-                    outcomes[i] = outcome
-                return outcomes
-            except Exception:
-                pass
-        return await asyncio.gather(*(self._prepare(body, spec) for body in bodies), return_exceptions=True)
+        if len(bodies) == 1:
+            return await asyncio.gather(self._prepare(bodies[0], spec), return_exceptions=True)
+        try:
+            task = self.pool.submit(prepare_uploads, bodies, self.limits, spec, self.light)
+            outcomes = await asyncio.wrap_future(task)
+        except Exception:
+            return await asyncio.gather(*(self._prepare(body, spec) for body in bodies), return_exceptions=True)
+        heavy = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, TooHeavy)]  # headers read once
+        again = await asyncio.gather(*(self._heavy(bodies[i], spec) for i in heavy), return_exceptions=True)
+        for i, outcome in zip(heavy, again, strict=True):
+            outcomes[i] = outcome
+        return outcomes
 
     async def _prepare(self, body: bytes, spec: PreprocessingSpec) -> dict[str, Any]:
         from data.upload import TooHeavy, prepare_upload
@@ -101,7 +100,13 @@ class Preprocess:
         try:
             return await asyncio.wrap_future(self.pool.submit(prepare_upload, body, self.limits, spec, self.light))
         except TooHeavy:
-            return await asyncio.wrap_future(self.heavy.submit(prepare_upload, body, self.limits, spec))
+            return await self._heavy(body, spec)
+
+    async def _heavy(self, body: bytes, spec: PreprocessingSpec) -> dict[str, Any]:
+        """An upload whose header promised a long decode, in the low-priority lane."""
+        from data.upload import prepare_upload
+
+        return await asyncio.wrap_future(self.heavy.submit(prepare_upload, body, self.limits, spec))
 
     def healthy(self) -> bool:
         return True
