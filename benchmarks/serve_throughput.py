@@ -71,10 +71,12 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
     import psutil
 
     used: dict[int, tuple[str, float]] = {}
-    for p in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+    for p in psutil.process_iter(["name", "cmdline", "cpu_times", "nice"]):
         name = " ".join(p.info["cmdline"] or [])[:48].strip() or p.info["name"] or "?"
         if name.startswith("ray::"):
             name = name.split(".")[0].split()[0]
+        if (p.info["nice"] or 0) >= 19:  # the heavy decoding lane's worker, apart from the light ones
+            name += " (nice 19)"
         if p.info["cpu_times"] is not None:
             used[p.pid] = (name, p.info["cpu_times"].user + p.info["cpu_times"].system)
     return used

@@ -6,14 +6,13 @@ work. The OpenAPI document is written out in `serving.openapi`; the HTTP edges (
 JSON errors with a request id, the key, parameters) are in `serving.http`. Every answer is
 counted in /metrics by route and status.
 
-Each upload is preprocessed on its own (one call to a preprocessing replica), so an upload whose
-decode runs to its deadline holds up no other request; the preprocessed images are gathered with
-`@serve.batch` and go to the model together, one call per batch (see benchmarks/README.md for
-what a request costs). The batching adapts: a batch closes as soon as every image the ingress
-has admitted has joined it, so a lone request never waits out `serve.batch_wait_ms`, and under
-load the batch waits (at most that long) for the images still being read or preprocessed. A
-canary answers its share of requests (`serving.canary`); a shadow runs after the answers
-(`serving.shadow`).
+Each /predict upload is preprocessed on its own (one call to a preprocessing replica), so an
+upload whose decode runs to its deadline holds up no other request; the preprocessed images are
+gathered with `@serve.batch` and go to the model together, one call per batch. The batching
+adapts: a batch closes once every image admitted has joined it, so a lone request never waits out
+`serve.batch_wait_ms`. A /predict/batch's images are a batch already and go to the model without
+that wait (benchmarks/README.md: what a request costs). A canary answers its share of requests
+(`serving.canary`); a shadow runs after the answers (`serving.shadow`).
 
 Admission counts images, not requests: a `/predict/batch` of 32 files takes 32 of
 `serve.max_images_in_flight`. Every 200 answer goes to `lensops.core.capture.AnswerLog`: a
@@ -34,12 +33,12 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from .answers import IMAGE_STATS, reply
 from .http import ClientError, authorised, error_response, int_parameter, read_images, request_id
 from .openapi import DOCS_PAGE, HANDLERS, ROUTES
 
 log = logging.getLogger("lensops.serving")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-IMAGE_STATS = ("width", "height", "brightness", "contrast")  # what the production log keeps of an image
 
 
 @serve.deployment
@@ -147,50 +146,31 @@ class Ingress:
             raise ClientError(503, "overloaded", detail + "; retry shortly")
         self.images_in_flight += n
 
-    async def _predict_one(
-        self, body: bytes, top_k: int, request_id: str | None = None, prepared: dict[str, Any] | None = None, arm=None
-    ) -> dict[str, Any]:
+    async def _predict_one(self, body: bytes, top_k: int, request_id: str, arm=None) -> dict[str, Any]:
         """One image's answer; `arm` is the canary's info when the canary answers it (`serving.canary`)."""
         if len(body) > self.max_body_bytes:
             raise ClientError(
                 413, "too_large", f"the image is {len(body):,} bytes; the limit is {self.max_body_bytes:,}"
             )
-        request_id = request_id or uuid.uuid4().hex
-        sha256 = hashlib.sha256(body).hexdigest()
+        meta = {"request_id": request_id, "sha256": hashlib.sha256(body).hexdigest()}
         started = time.perf_counter()
-        answer = await self._batched(body, prepared, {"request_id": request_id, "sha256": sha256}, arm)
+        answer = await self._batched(body, None, meta, arm)
+        return self._reply(body, answer, top_k, meta, time.perf_counter() - started)
+
+    def _reply(self, body: bytes, answer: dict[str, Any], top_k: int, meta: dict[str, str], seconds: float) -> dict:
+        """The client's JSON for one answered image, its production-log record written (and the
+        image captured if the policy picks it); a client error is raised."""
         if "error" in answer:
             raise ClientError(**answer["error"])
         if self.canary is not None:
-            self.canary.observe(answer["version"], answer["side"], True, time.perf_counter() - started)
-        probabilities, classes = answer["probabilities"], answer["classes"]
-        order = np.argsort(-probabilities)[:top_k]
-        predictions = [{"label": classes[i], "score": float(probabilities[i])} for i in order]
-        stats = {stat: answer[stat] for stat in IMAGE_STATS}
-        record = {
-            "request_id": request_id,
-            "model_name": answer["name"],
-            "model_version": answer["version"],
-            "embedding": answer["embedding"],
-            "label": predictions[0]["label"],
-            "score": predictions[0]["score"],
-            "sha256": sha256,
-            **stats,
-        }
+            self.canary.observe(answer["version"], answer["side"], True, seconds)
+        client, record = reply(answer, top_k, meta)
         novelty = float(answer["novelty"])
-        self.answers.record(
-            body,
-            record,
-            novelty=None if np.isnan(novelty) else novelty,
-            stat_outlier=self.outside(stats, answer["stat_ranges"]),
-        )
+        stats = {stat: answer[stat] for stat in IMAGE_STATS}
+        outlier = self.outside(stats, answer["stat_ranges"])
+        self.answers.record(body, record, novelty=None if np.isnan(novelty) else novelty, stat_outlier=outlier)
         self.served_version.labels(answer["name"]).set(float(answer["version"]))
-        return {
-            "request_id": request_id,
-            "sha256": sha256,
-            "model": {"name": answer["name"], "version": answer["version"]},
-            "predictions": predictions,
-        }
+        return client
 
     async def _batched(self, body: bytes, item: dict[str, Any] | None, meta: dict[str, str], arm=None) -> dict:
         """Preprocessed alone, so that a slow upload (a decode running to its deadline) holds up no
@@ -338,26 +318,49 @@ class Ingress:
 
         arm = await self.canary.choose(request.headers) if self.canary else None  # one version per request
 
-        async def one(name: str, body: bytes, item: dict[str, Any]) -> dict[str, Any]:
-            try:
-                answer = await self._predict_one(body, top_k, prepared=item, arm=arm)
-                return {"file": name, "status": 200, **answer}
-            except ClientError as e:
-                return {"file": name, "status": e.status, "error": e.code, "detail": e.detail}
-
         async def work():
             files = await read_images(request, self.max_body_bytes, self.max_batch_files)
             self._admit(len(files))
+            self.in_batch += len(files)  # a batch of their own: a /predict's batch never waits for them
             try:
-                # One request's files are preprocessed together (a share per replica), then batched.
-                info = await self._model_info()
-                items = await self._preprocessed([body for _, body in files], info["preprocessing"])
-                answers = await asyncio.gather(*(one(n, b, i) for (n, b), i in zip(files, items, strict=True)))
-                return {"results": list(answers)}
+                bodies = [body for _, body in files]
+                metas = [{"request_id": uuid.uuid4().hex, "sha256": hashlib.sha256(b).hexdigest()} for b in bodies]
+                started = time.perf_counter()
+                answers = await self._together(bodies, metas, arm)
+                seconds, results = time.perf_counter() - started, []
+                for (name, body), meta, answer in zip(files, metas, answers, strict=True):
+                    try:
+                        results.append({"file": name, "status": 200, **self._reply(body, answer, top_k, meta, seconds)})
+                    except ClientError as e:
+                        results.append({"file": name, "status": e.status, "error": e.code, "detail": e.detail})
+                return {"results": results}
             finally:
                 self.images_in_flight -= len(files)
+                self.in_batch -= len(files)
 
         return await self._timed(request, work())
+
+    async def _together(self, bodies: list[bytes], metas: list[dict[str, str]], arm) -> list[dict[str, Any]]:
+        """A /predict/batch's images are a batch already: preprocessed together (a share per
+        replica), then to the model in chunks of `serve.max_batch_size`, without waiting in the
+        ingress's batch. The model still merges the chunks of concurrent requests."""
+        info = arm or await self._model_info()
+        prepared = await self._preprocessed(bodies, info["preprocessing"])
+        items = list(zip(bodies, prepared, metas, strict=True))
+        size = self.max_batch_size
+        parts = await asyncio.gather(*(self._chunk(items[i : i + size], arm) for i in range(0, len(items), size)))
+        return [answer for part in parts for answer in part]
+
+    async def _chunk(self, items: list[tuple[bytes, dict[str, Any], dict[str, str]]], arm) -> list[dict[str, Any]]:
+        if arm is not None:  # the canary answers, or fails and the champion answers instead
+            started = time.perf_counter()
+            try:
+                return await self._predict_batch(items, canary=True)
+            except Exception as e:
+                log.warning("canary failed on %d image(s): %s: %s", len(items), type(e).__name__, str(e)[:300])
+                for _ in items:
+                    self.canary.observe(arm["version"], "canary", False, time.perf_counter() - started)
+        return await self._predict_batch(items)  # an image preprocessed for the canary's spec is done again
 
     async def healthz(self, request: Request) -> Response:
         """200 when the model and preprocessing deployments answer within 5 s; a JSON 503 otherwise."""

@@ -523,3 +523,42 @@ def test_overload_gets_fast_503s_and_a_slow_answer_gets_408(served):
         assert answer.status_code == 408 and answer.json()["error"] == "timeout"
     finally:
         served[1] = _deploy(build_app(settings))
+
+
+def test_a_batch_request_goes_to_the_model_in_chunks_and_holds_up_no_lone_request(served):
+    """A /predict/batch's images are a batch already: they go to the model in chunks of
+    `serve.max_batch_size`, and a /predict arriving meanwhile does not wait for them to join its batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.app import build_app
+    from tests.hostile import many_scan_jpeg
+
+    settings, url = served
+    test, raw = _test_images(settings, 10)
+    bodies = [(raw / p).read_bytes() for p in test.path]
+    patient = settings.updated(
+        {
+            "serve.max_batch_size": 4,
+            "serve.batch_wait_ms": 6000,  # a /predict that waited for the batch's images would get a 408
+            "serve.request_timeout_s": 5,
+            "serve.max_scans": 10**6,
+            "serve.decode_timeout_s": 3,
+        }
+    )
+    url = _deploy(build_app(patient))
+    try:
+        files = [("file", (f"{i}.png", body, "image/png")) for i, body in enumerate(bodies)]
+        answer = requests.post(f"{url}/predict/batch", files=files, timeout=30)
+        assert [r["status"] for r in answer.json()["results"]] == [200] * 10, answer.text
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        assert float(metrics.split("lensops_model_batch_size_count ")[1].split()[0]) == 3  # 4 + 4 + 2
+
+        slow = [("file", ("slow.jpg", many_scan_jpeg(copies=100_000), "image/jpeg"))]  # decoded to its 3 s deadline
+        with ThreadPoolExecutor(1) as pool:
+            batch = pool.submit(requests.post, f"{url}/predict/batch", files=slow, timeout=30)
+            time.sleep(0.5)
+            lone = requests.post(f"{url}/predict", data=bodies[0], timeout=30)
+            assert lone.status_code == 200 and not batch.done(), lone.text
+            assert [r["status"] for r in batch.result().json()["results"]] == [422]
+    finally:
+        served[1] = _deploy(build_app(settings))
