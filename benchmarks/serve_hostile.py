@@ -1,6 +1,7 @@
 """Normal traffic while clients send decoder bombs: does serving keep its throughput?
 
     python benchmarks/serve_hostile.py [--seconds 30] [--attackers 10] [--concurrency 8]
+    python benchmarks/serve_hostile.py --idle-burner cpu --idle-burner memory   # and what idle-priority work costs
 
 It trains and promotes a small digits model, serves it with `lensops serve`'s application, and
 measures normal digit requests at `--concurrency` for `--seconds`, twice in one run:
@@ -19,6 +20,9 @@ machine's cores with the server.
 It prints the normal requests/s of both rounds and their ratio (the aim: at least 0.8), the CPU
 per normal request of each process in both rounds, and for the hostile uploads their statuses,
 whether every answer was JSON, and the slowest answer against `serve.request_timeout_s`.
+`--idle-burner` adds a round beside one process at Linux's idle priority that spins on the CPU
+or streams memory: what the heavy decoding lane's worker costs normal traffic here even when the
+scheduler gives it only the cores nothing else wants.
 """
 
 import argparse
@@ -26,6 +30,7 @@ import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +45,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from serve_throughput import cpu_ms_per_request, cpu_seconds  # noqa: E402  (this folder is on the path)
+
+from lensops.core.ports import free_port  # noqa: E402
+
+# One process at Linux's idle scheduling class (it runs only on a core nothing else wants), doing
+# nothing but CPU work, or streaming memory as a large decode does.
+_IDLE = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+BURNERS = {
+    "cpu": _IDLE + "x = 0\nwhile True:\n    x += 1",
+    "memory": _IDLE + "import numpy as np\na = np.ones(36_000_000, np.float32)\nwhile True:\n    b = a * 2",
+}
 
 
 def hostile_files(slow_jpeg_size: int) -> dict[str, bytes]:
@@ -131,6 +146,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--slow-jpeg", type=int, default=3000, help="side of the big progressive JPEG")
     parser.add_argument("-S", "--set", action="append", default=[], help="params override")
+    parser.add_argument(
+        "--idle-burner",
+        action="append",
+        choices=sorted(BURNERS),
+        default=[],
+        help="a last round beside one process at Linux's idle priority that spins on the CPU or streams memory",
+    )
     args = parser.parse_args()
 
     from data.digits import write_digits
@@ -169,6 +191,13 @@ def main() -> None:
         outcomes = out.get(timeout=args.seconds + 300)
         attackers.join()
         healthy = requests.get(f"{url}/healthz", timeout=10).status_code
+        burned = {}
+        for kind in args.idle_burner:  # what any work at the lowest priority costs normal traffic here
+            burner = subprocess.Popen([sys.executable, "-c", BURNERS[kind]])
+            time.sleep(1)
+            burned[kind] = normal_load(url, bodies, args.concurrency, args.seconds)
+            burner.kill()
+            burner.wait()
         stop(started_ray)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -182,6 +211,9 @@ def main() -> None:
     for name, round_ in (("alone", alone), ("attacked", attacked)):
         split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in round_["cpu_ms"].items() if v >= 0.2)
         print(f"  CPU ms per normal request, {name}: {split}")
+    for kind, round_ in burned.items():
+        print(f"  beside a {kind} burner at idle priority: {round_['rps']:7.1f} req/s  "
+              f"ratio {round_['rps'] / alone['rps']:.2f}")  # fmt: skip
     print(f"hostile uploads: {len(outcomes)}; /healthz afterwards: {healthy}")
     for name in files:
         mine = [o for o in outcomes if o[0] == name]
@@ -190,14 +222,6 @@ def main() -> None:
             slowest = max(o[3] for o in mine)
             print(f"  {name:<10} {len(mine):>5} sent  statuses {statuses}  all JSON: {all(o[2] for o in mine)}  "
                   f"slowest {slowest:.2f} s (request timeout {timeout:g} s)")  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, timeout: float = 120) -> None:

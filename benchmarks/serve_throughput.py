@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from lensops.core.ports import free_port  # noqa: E402
 
 # The served application four ways; "lensops" is the default capture policy and no shadow.
 CAPTURE = {
@@ -56,12 +56,6 @@ CAPTURE = {
 # Ray Serve's modes: "direct" is lensops' default (throughput-optimized: the ingress replica answers
 # HTTP itself, gRPC between deployments), "proxy" Ray Serve's own default (every request through its proxy).
 MODES = {"proxy": "0", "direct": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:

@@ -16,6 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .core.ports import free_port
+
 console = Console()
 SHIFTED_PREFIX = "shifted_"  # data.digits names shifted images so
 
@@ -26,19 +28,11 @@ def tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`lensops serve` in a subprocess on a free port, and a small client for it."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.port = root, _free_port()
+        self.root, self.port = root, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 

@@ -62,7 +62,12 @@ def build_app(settings, model_ref: str | None = None, *, api_key: str | None = N
             "max_frames": s.max_frames,
             "max_scans": s.max_scans,
         },
-        {"workers": s.decode_workers, "timeout_s": s.decode_timeout_s, "memory_mb": s.decoder_memory_mb},
+        {
+            "workers": s.decode_workers,
+            "timeout_s": s.decode_timeout_s,
+            "memory_mb": s.decoder_memory_mb,
+            "heavy_share": s.heavy_share,
+        },
     )
     device, resources = "cuda" if gpus else "cpu", {**cpus, "num_gpus": gpus}
     model = Model.options(

@@ -115,6 +115,8 @@ class Model:
         self.drift = drift  # the `drift` settings section: how novelty is scored
         self.follower = AliasFollower(registry, ref)
         self.role, self.served, self.fraction = role, None, 0.0
+        # The shadow's work comes after the answers: one forward at a time, the other core left to the champion.
+        self.forwards = asyncio.Semaphore(1 if role == "shadow" else FORWARDS)
         try:
             self.served = self._load(registry.resolve(ref))
             self._refresh()
@@ -192,7 +194,8 @@ class Model:
         if not ok:
             return answers
         batch = np.concatenate([items[i][0] for i in ok])
-        probabilities, embedding, novelty = await asyncio.to_thread(self._forward, served, batch)
+        async with self.forwards:
+            probabilities, embedding, novelty = await asyncio.to_thread(self._forward, served, batch)
         start = 0
         for i in ok:
             end = start + len(items[i][0])

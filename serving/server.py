@@ -8,6 +8,7 @@ import threading
 
 from lensops.core.compute import ensure_ray
 from lensops.core.errors import UsageError
+from lensops.core.ports import free_port
 from lensops.core.registry import Registry
 from lensops.core.settings import Settings
 
@@ -101,14 +102,6 @@ def check_port(host: str, port: int) -> None:
             else:
                 detail = f"cannot listen on {host}:{port}: {e.strerror or e}"
             raise ServeError(detail) from None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def warn_if_open(host: str) -> bool:

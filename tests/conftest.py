@@ -69,11 +69,9 @@ def cli() -> Cli:
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1, for a server a test starts (and stops)."""
-    import socket
+    from lensops.core.ports import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 # --- training fixtures: one Ray and one small prepared dataset per test session --------------

@@ -226,6 +226,9 @@ class ServeSettings(Section):
     decode_timeout_s: float = Field(2.0, gt=0, description="per upload; a decoder still running is killed: 422")
     decode_workers: int = Field(2, ge=1, description="decoding processes per preprocessing replica")
     decoder_memory_mb: int = Field(512, ge=64, description="memory a decoding process may add to its start-up size")
+    heavy_share: float = Field(
+        0.5, gt=0, le=1, description="the most of one core's time that uploads over 4 MP, 16 frames or 12 scans get"
+    )
     top_k: int = Field(3, ge=1)
     max_batch_size: int = Field(32, ge=1, description="requests the ingress gathers into one batch")
     batch_wait_ms: float = Field(10.0, ge=0, description="how long the ingress waits for a batch to fill")

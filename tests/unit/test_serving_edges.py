@@ -63,3 +63,35 @@ def test_an_address_nothing_can_listen_on_is_named_before_ray_starts():
     check_port("127.0.0.1", port)  # free again
     with pytest.raises(ServeError, match=r"cannot listen on 192\.0\.2\.250"):  # an address this machine lacks
         check_port("192.0.2.250", port)
+
+
+def test_the_heavy_lane_answers_at_once_and_rests_before_the_next_upload():
+    """With `serve.heavy_share` 0.25, an upload over 4 MP is answered as soon as it is decoded, and
+    the next one waits out a rest three times that long, so the lane takes at most a quarter of a core."""
+    import asyncio
+    import time
+
+    from lensops.core.settings import PreprocessingSpec
+    from serving.preprocess import Preprocess
+    from tests.hostile import flat_png
+
+    limits = {"formats": ["PNG"], "max_bytes": 10**7, "max_pixels": 10**8, "max_frames": 10, "max_scans": 100}
+    decode = {"workers": 1, "timeout_s": 30, "memory_mb": 512, "heavy_share": 0.25}
+    lane, body, spec = Preprocess.func_or_class(limits, decode), flat_png(2100, 2000), PreprocessingSpec(size=16)
+
+    async def two_uploads():
+        started = time.monotonic()
+        first = await lane._heavy(body, spec)
+        answered = time.monotonic() - started  # its decode, without the rest
+        second = await lane._heavy(body, spec)
+        return first, second, answered, time.monotonic() - started
+
+    try:
+        first, second, answered, both = asyncio.run(two_uploads())
+    finally:
+        lane.pool.close()
+        lane.heavy.close()
+    assert first["pixels"].shape == second["pixels"].shape == (16, 16, 3)
+    # The first decode, its rest of three times as long, then the second decode; had the rest
+    # delayed the first answer instead, both would take about twice the first.
+    assert both >= 3 * answered, (answered, both)
