@@ -12,6 +12,7 @@ from lensops.core.ports import free_port
 from lensops.core.registry import Registry
 from lensops.core.settings import Settings
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DIRECT_PORTS = ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
 
 
@@ -25,9 +26,16 @@ def check_model(settings: Settings, model_ref: str | None) -> str:
 
 
 def start(
-    settings: Settings, model_ref: str | None = None, *, host: str | None = None, port: int | None = None
+    settings: Settings,
+    model_ref: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    on_ray=lambda: None,
 ) -> tuple[str, bool]:
-    """Start Serve and the application; returns (base URL, whether Ray was started here)."""
+    """Start Serve and the application; returns (base URL, whether Ray was started here).
+
+    `on_ray` runs as soon as Ray is up, before the application starts (and can answer)."""
     import ray
     from ray import serve
 
@@ -40,6 +48,7 @@ def start(
     if not ray.is_initialized():
         listen_directly_on(port)
     started_ray = ensure_ray()
+    on_ray()
     try:
         model_gpus(settings.serve)  # serve.use_gpu against the GPUs Ray sees, before anything starts
     except ValueError as e:
@@ -143,15 +152,30 @@ def run_foreground(
     on_ready=print,
 ) -> None:
     stop_event = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop_event.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    url, started_ray = start(settings, model_ref, host=host, port=port)
-    # Starting Ray installs its own SIGTERM handler (it aborts the process): take the signals back.
-    for sig in previous:
-        signal.signal(sig, lambda *_: stop_event.set())
+
+    def take_signals() -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda *_: stop_event.set())
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    take_signals()
     try:
-        on_ready(url)
-        stop_event.wait()
+        try:
+            # ray.init installs its own SIGTERM handler (sys.exit(15)) as it begins: the signals
+            # are taken back as soon as Ray is up, before the application can answer a request.
+            url, started_ray = start(settings, model_ref, host=host, port=port, on_ray=take_signals)
+        except SystemExit as e:  # a signal while Ray itself was starting: a stop like any other
+            if e.code not in STOP_SIGNALS:
+                raise
+            import ray
+
+            ray.shutdown()
+            return
+        try:
+            on_ready(url)
+            stop_event.wait()
+        finally:
+            stop(started_ray)
     finally:
-        stop(started_ray)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

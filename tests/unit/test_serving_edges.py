@@ -1,4 +1,5 @@
-"""The server's edges that need no running server: the warning for an open address without a key."""
+"""The server's edges that need no running server: the warning for an open address without a key, ports,
+stop signals, the heavy lane's share."""
 
 from __future__ import annotations
 
@@ -63,6 +64,34 @@ def test_an_address_nothing_can_listen_on_is_named_before_ray_starts():
     check_port("127.0.0.1", port)  # free again
     with pytest.raises(ServeError, match=r"cannot listen on 192\.0\.2\.250"):  # an address this machine lacks
         check_port("192.0.2.250", port)
+
+
+@pytest.mark.parametrize("moment", ["while Ray starts", "once the application answers"])
+def test_a_stop_signal_at_any_moment_of_start_up_stops_the_server_cleanly(moment, monkeypatch):
+    # ray.init installs a SIGTERM handler that exits with status 15 as it begins. The application
+    # answers before `start` returns, so a client can be done and stop the server inside `start`.
+    import os
+    import signal
+    import sys
+
+    from serving import server
+
+    seen = []
+
+    def start(settings, model_ref=None, *, host=None, port=None, on_ray=lambda: None):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as ray.init does
+        if moment == "while Ray starts":
+            os.kill(os.getpid(), signal.SIGTERM)
+        on_ray()
+        os.kill(os.getpid(), signal.SIGTERM)  # the application answers; the client stops the server
+        return "http://127.0.0.1:8000", True
+
+    monkeypatch.setattr(server, "start", start)
+    monkeypatch.setattr(server, "stop", lambda started_ray: seen.append(("stopped", started_ray)))
+    before = signal.getsignal(signal.SIGTERM)
+    server.run_foreground(None, on_ready=lambda url: seen.append(("ready", url)))  # returns: exit status 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert seen == ([] if moment == "while Ray starts" else [("ready", "http://127.0.0.1:8000"), ("stopped", True)])
 
 
 def test_the_heavy_lane_answers_at_once_and_rests_before_the_next_upload():
