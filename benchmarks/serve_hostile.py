@@ -1,10 +1,12 @@
 """Normal traffic while clients send decoder bombs: does serving keep its throughput?
 
-    python benchmarks/serve_hostile.py [--seconds 30] [--attackers 10] [--concurrency 8]
+    python benchmarks/serve_hostile.py [--seconds 30] [--pairs 3] [--attackers 10] [--concurrency 8]
     python benchmarks/serve_hostile.py --idle-burner cpu --idle-burner memory   # and what idle-priority work costs
 
 It trains and promotes a small digits model, serves it with `lensops serve`'s application, and
-measures normal digit requests at `--concurrency` for `--seconds`, twice in one run:
+measures normal digit requests at `--concurrency` for `--seconds`, in `--pairs` pairs of rounds
+run back to back (the machine's speed drifts over minutes, so each ratio compares rounds that
+saw the same machine):
 
 1. alone (the baseline);
 2. while `--attackers` clients send hostile uploads in a loop, in turn: an 8,000-page TIFF of
@@ -17,9 +19,10 @@ The attackers run in a process of their own, as they would on other machines: th
 measuring process would take its interpreter lock from the normal clients. Both share the
 machine's cores with the server.
 
-It prints the normal requests/s of both rounds and their ratio (the aim: at least 0.8), the CPU
-per normal request of each process in both rounds, and for the hostile uploads their statuses,
-whether every answer was JSON, and the slowest answer against `serve.request_timeout_s`.
+It prints the normal requests/s of both rounds of each pair, their ratio and the median ratio (the
+aim: at least 0.8), the CPU per normal request of each process in the last pair's rounds, and for
+the hostile uploads their statuses, whether every answer was JSON, and the slowest answer against
+`serve.request_timeout_s`.
 `--idle-burner` adds a round beside one process at Linux's idle priority that spins on the CPU
 or streams memory: what the heavy decoding lane's worker costs normal traffic here even when the
 scheduler gives it only the cores nothing else wants.
@@ -141,7 +144,8 @@ def attack(url: str, files: dict[str, bytes], attackers: int, seconds: float, ou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=30, help="per round")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds alone and attacked, back to back")
     parser.add_argument("--attackers", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--slow-jpeg", type=int, default=3000, help="side of the big progressive JPEG")
@@ -177,19 +181,7 @@ def main() -> None:
         url, started_ray = start(settings, port=free_port())
         _wait(url)
         normal_load(url, bodies, args.concurrency, 5)  # warm-up
-        before = cpu_seconds()
-        alone = normal_load(url, bodies, args.concurrency, args.seconds)
-        alone["cpu_ms"] = cpu_ms_per_request(before, cpu_seconds(), sum(alone["statuses"].values()))
-        context = multiprocessing.get_context("spawn")
-        out = context.Queue()
-        attackers = context.Process(target=attack, args=(url, files, args.attackers, args.seconds + 4, out))
-        attackers.start()
-        time.sleep(2)
-        before = cpu_seconds()
-        attacked = normal_load(url, bodies, args.concurrency, args.seconds)
-        attacked["cpu_ms"] = cpu_ms_per_request(before, cpu_seconds(), sum(attacked["statuses"].values()))
-        outcomes = out.get(timeout=args.seconds + 300)
-        attackers.join()
+        pairs = [measure_pair(url, bodies, files, args) for _ in range(args.pairs)]
         healthy = requests.get(f"{url}/healthz", timeout=10).status_code
         burned = {}
         for kind in args.idle_burner:  # what any work at the lowest priority costs normal traffic here
@@ -202,18 +194,46 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    timeout = settings.serve.request_timeout_s
-    print(f"\nnormal traffic, concurrency {args.concurrency}, {args.seconds:g} s per round")
-    print(f"  alone:              {alone['rps']:7.1f} req/s  p50 {alone['p50_ms']:6.1f} ms  {alone['statuses']}")
-    print(f"  with {args.attackers} attackers:  {attacked['rps']:7.1f} req/s  p50 {attacked['p50_ms']:6.1f} ms  "
-          f"{attacked['statuses']}")  # fmt: skip
-    print(f"  ratio: {attacked['rps'] / alone['rps']:.2f} (aim: at least 0.8)")
-    for name, round_ in (("alone", alone), ("attacked", attacked)):
-        split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in round_["cpu_ms"].items() if v >= 0.2)
-        print(f"  CPU ms per normal request, {name}: {split}")
+    report(pairs, burned, healthy, files, settings.serve.request_timeout_s, args)
+
+
+def measure_pair(url: str, bodies: list[bytes], files: dict[str, bytes], args) -> dict:
+    """One round of normal traffic alone, then one while the attackers send; back to back, so
+    that both rounds see the same machine (its speed drifts over minutes on a shared host)."""
+    before = cpu_seconds()
+    alone = normal_load(url, bodies, args.concurrency, args.seconds)
+    alone["cpu_ms"] = cpu_ms_per_request(before, cpu_seconds(), sum(alone["statuses"].values()))
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    attackers = context.Process(target=attack, args=(url, files, args.attackers, args.seconds + 4, out))
+    attackers.start()
+    time.sleep(2)
+    before = cpu_seconds()
+    attacked = normal_load(url, bodies, args.concurrency, args.seconds)
+    attacked["cpu_ms"] = cpu_ms_per_request(before, cpu_seconds(), sum(attacked["statuses"].values()))
+    outcomes = out.get(timeout=args.seconds + 300)
+    attackers.join()
+    time.sleep(2)  # the heavy lane's last rest, before the next round alone
+    return {"alone": alone, "attacked": attacked, "outcomes": outcomes}
+
+
+def report(pairs: list[dict], burned: dict, healthy: int, files: dict, timeout: float, args) -> None:
+    ratios = [p["attacked"]["rps"] / p["alone"]["rps"] for p in pairs]
+    print(f"\nnormal traffic, concurrency {args.concurrency}, {args.seconds:g} s per round, {len(pairs)} pair(s)")
+    for k, (pair, ratio) in enumerate(zip(pairs, ratios, strict=True), 1):
+        alone, attacked = pair["alone"], pair["attacked"]
+        print(f"  pair {k}: alone {alone['rps']:7.1f} req/s (p50 {alone['p50_ms']:5.1f} ms), "
+              f"with {args.attackers} attackers {attacked['rps']:7.1f} req/s (p50 {attacked['p50_ms']:5.1f} ms), "
+              f"ratio {ratio:.2f}")  # fmt: skip
+    print(f"  ratio, median of {len(ratios)}: {statistics.median(ratios):.2f} (aim: at least 0.8)")
+    for name in ("alone", "attacked"):
+        split = ", ".join(f"{k.strip()} {v:.1f}" for k, v in pairs[-1][name]["cpu_ms"].items() if v >= 0.2)
+        print(f"  CPU ms per normal request, {name} (last pair): {split}")
+    alone_rps = statistics.median(p["alone"]["rps"] for p in pairs)
     for kind, round_ in burned.items():
         print(f"  beside a {kind} burner at idle priority: {round_['rps']:7.1f} req/s  "
-              f"ratio {round_['rps'] / alone['rps']:.2f}")  # fmt: skip
+              f"ratio {round_['rps'] / alone_rps:.2f}")  # fmt: skip
+    outcomes = [o for p in pairs for o in p["outcomes"]]
     print(f"hostile uploads: {len(outcomes)}; /healthz afterwards: {healthy}")
     for name in files:
         mine = [o for o in outcomes if o[0] == name]

@@ -8,9 +8,10 @@ upload gets a 422; the replica keeps answering. The replica is async, so while o
 long the others go on in the other workers. An upload whose header alone promises a long decode
 (over 4 MP, 16 frames or 12 JPEG scans: `data.images.light_enough`, headers only) is decoded by a
 separate worker at the lowest CPU priority instead, so normal traffic never queues behind it. That
-lane decodes one upload at a time and rests after each, so it takes at most `serve.heavy_share` of
-one core: on this project's 2-core machine a decoder running flat out at the lowest priority still
-cost normal traffic 12-35% of its throughput. What the lane cannot finish in time gets the
+lane decodes one upload at a time. While the light lane is serving images, it rests after each, so
+it takes at most `serve.heavy_share` of one core: on this project's 2-core machine a decoder
+running flat out at the lowest priority still cost normal traffic 12-35% of its throughput. With
+no light traffic to protect it runs flat out. What the lane cannot finish in time gets the
 ingress's JSON 408. Only the resized image comes back; the replica
 normalises it with the spec (the same `data.pixels.normalize` evaluation uses). A batch arrives
 in chunks, spread over the replicas.
@@ -37,6 +38,8 @@ LIGHT_FRAMES = 16
 LIGHT_SCANS = 12
 # Uploads of one /predict/batch decoded per task: one round trip to a worker for several small images.
 GROUP = 8
+# The heavy lane rests after a decode when the light lane answered an image this recently (seconds).
+LIGHT_RECENT_S = 1.0
 
 
 @serve.deployment
@@ -65,10 +68,13 @@ class Preprocess:
             preload=WORKER_PRELOAD,
             nice=19,
         )
-        # The heavy lane decodes one upload at a time and then rests, so that it takes at most
-        # `heavy_share` of one core: even at the lowest priority, a decoder running flat out cost
-        # normal traffic 12-15% of its throughput here (35% when it streams memory, as a large decode does).
+        # The heavy lane decodes one upload at a time and, while normal traffic flows, then rests, so
+        # that it takes at most `heavy_share` of one core: even at the lowest priority, a decoder
+        # running flat out cost normal traffic 12-15% of its throughput here (35% when it streams
+        # memory, as a large decode does). "Normal traffic" is an image the light lane decoded: an
+        # upload refused there, or sent on to the heavy lane, leaves the heavy lane at full speed.
         self.heavy_turn, self.heavy_rest = asyncio.Lock(), 1 / decode.get("heavy_share", 1.0) - 1
+        self.light_at = float("-inf")  # when the light lane last decoded an image
         self._specs: dict[str, tuple[PreprocessingSpec, str]] = {}  # the spec as sent -> parsed, key
 
     async def __call__(self, bodies: list[bytes], spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,6 +102,8 @@ class Preprocess:
             outcomes = await asyncio.wrap_future(task)
         except Exception:
             return await asyncio.gather(*(self._prepare(body, spec) for body in bodies), return_exceptions=True)
+        if any(isinstance(outcome, dict) for outcome in outcomes):
+            self.light_at = time.monotonic()
         heavy = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, TooHeavy)]  # headers read once
         again = await asyncio.gather(*(self._heavy(bodies[i], spec) for i in heavy), return_exceptions=True)
         for i, outcome in zip(heavy, again, strict=True):
@@ -106,9 +114,11 @@ class Preprocess:
         from data.upload import TooHeavy, prepare_upload
 
         try:
-            return await asyncio.wrap_future(self.pool.submit(prepare_upload, body, self.limits, spec, self.light))
+            prepared = await asyncio.wrap_future(self.pool.submit(prepare_upload, body, self.limits, spec, self.light))
         except TooHeavy:
             return await self._heavy(body, spec)
+        self.light_at = time.monotonic()
+        return prepared
 
     async def _heavy(self, body: bytes, spec: PreprocessingSpec) -> dict[str, Any]:
         """An upload whose header promised a long decode, in the low-priority lane, in its turn."""
@@ -119,7 +129,8 @@ class Preprocess:
         try:
             return await asyncio.wrap_future(self.heavy.submit(prepare_upload, body, self.limits, spec))
         finally:  # answered at once; the next heavy upload waits out the rest (past its timeout: the ingress's 408)
-            rest = (time.monotonic() - started) * self.heavy_rest
+            busy = self.light_at > started - LIGHT_RECENT_S  # normal traffic during the decode, or just before
+            rest = (time.monotonic() - started) * self.heavy_rest if busy else 0.0
             asyncio.get_running_loop().call_later(rest, self.heavy_turn.release)
 
     def healthy(self) -> bool:

@@ -227,7 +227,11 @@ class ServeSettings(Section):
     decode_workers: int = Field(2, ge=1, description="decoding processes per preprocessing replica")
     decoder_memory_mb: int = Field(512, ge=64, description="memory a decoding process may add to its start-up size")
     heavy_share: float = Field(
-        0.5, gt=0, le=1, description="the most of one core's time that uploads over 4 MP, 16 frames or 12 scans get"
+        0.25,
+        gt=0,
+        le=1,
+        description="the most of one core's time that uploads over 4 MP, 16 frames or 12 scans get while"
+        " normal traffic flows (all they need otherwise)",
     )
     top_k: int = Field(3, ge=1)
     max_batch_size: int = Field(32, ge=1, description="requests the ingress gathers into one batch")

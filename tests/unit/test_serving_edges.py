@@ -94,9 +94,11 @@ def test_a_stop_signal_at_any_moment_of_start_up_stops_the_server_cleanly(moment
     assert seen == ([] if moment == "while Ray starts" else [("ready", "http://127.0.0.1:8000"), ("stopped", True)])
 
 
-def test_the_heavy_lane_answers_at_once_and_rests_before_the_next_upload():
-    """With `serve.heavy_share` 0.25, an upload over 4 MP is answered as soon as it is decoded, and
-    the next one waits out a rest three times that long, so the lane takes at most a quarter of a core."""
+@pytest.mark.parametrize("normal_traffic", [True, False])
+def test_the_heavy_lane_answers_at_once_and_rests_only_while_normal_traffic_flows(normal_traffic):
+    """With `serve.heavy_share` 0.25, an upload over 4 MP is answered as soon as it is decoded. While
+    the light lane is decoding images, the next one waits out a rest three times that long, so the
+    lane takes at most a quarter of a core; with no normal traffic to protect, it goes on at once."""
     import asyncio
     import time
 
@@ -109,18 +111,24 @@ def test_the_heavy_lane_answers_at_once_and_rests_before_the_next_upload():
     lane, body, spec = Preprocess.func_or_class(limits, decode), flat_png(2100, 2000), PreprocessingSpec(size=16)
 
     async def two_uploads():
+        if normal_traffic:
+            assert (await lane._prepare(flat_png(64, 64), spec))["pixels"].shape == (16, 16, 3)  # the light lane
         started = time.monotonic()
         first = await lane._heavy(body, spec)
         answered = time.monotonic() - started  # its decode, without the rest
+        await asyncio.sleep(0.05)
+        resting = lane.heavy_turn.locked()
         second = await lane._heavy(body, spec)
-        return first, second, answered, time.monotonic() - started
+        return first, second, answered, resting, time.monotonic() - started
 
     try:
-        first, second, answered, both = asyncio.run(two_uploads())
+        first, second, answered, resting, both = asyncio.run(two_uploads())
     finally:
         lane.pool.close()
         lane.heavy.close()
     assert first["pixels"].shape == second["pixels"].shape == (16, 16, 3)
-    # The first decode, its rest of three times as long, then the second decode; had the rest
-    # delayed the first answer instead, both would take about twice the first.
-    assert both >= 3 * answered, (answered, both)
+    assert resting is normal_traffic
+    if normal_traffic:
+        # The first decode, its rest of three times as long, then the second decode; had the rest
+        # delayed the first answer instead, both would take about twice the first.
+        assert both >= 3 * answered, (answered, both)
