@@ -35,8 +35,13 @@ from lensops.core.settings import Settings
 from .plots import plot_confusion
 
 
-def live_evidence(settings: Settings, champion: str, challenger: str, since: str | None) -> dict[str, Any]:
-    """The shadowed requests since `since` (every one kept, if None), champion against challenger."""
+def live_evidence(
+    settings: Settings, champion: str, challenger: str, since: str | None, classes: list[str] | None = None
+) -> dict[str, Any]:
+    """The shadowed requests since `since` (every one kept, if None), champion against challenger.
+
+    `classes` (both versions' classes, in order) give the matrix a row and a column for every
+    class, those no request was answered with included: a class production never sent shows."""
     try:
         since_at = pd.Timestamp(since) if since else None
     except ValueError as e:
@@ -54,6 +59,7 @@ def live_evidence(settings: Settings, champion: str, challenger: str, since: str
         "since": str(since_at) if since_at is not None else None,
         "n": len(pairs),
         "shadow_records": len(shadow),
+        "classes": list(classes or []),
     }
     if pairs.empty:
         return {**evidence, "agreement": None, "per_class": {}, "matrix": {}, "disagreements": [], "labelled": {"n": 0}}
@@ -105,13 +111,21 @@ def _live_accuracy(settings: Settings, pairs: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def live_matrix(live: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    """The champion-by-challenger counts over every class: the versions' classes in their order,
+    then any other label the answers used."""
+    seen = {*live["matrix"], *(k for row in live["matrix"].values() for k in row)}
+    known = list(live.get("classes") or [])
+    names = known + sorted(seen - set(known))
+    return names, np.array([[live["matrix"].get(a, {}).get(b, 0) for b in names] for a in names])
+
+
 def live_charts(settings: Settings, live: dict[str, Any], out: Path, *, max_shown: int) -> dict[str, Path]:
     """The champion-by-challenger matrix, and a grid of the captured images they disagree on."""
     charts: dict[str, Path] = {}
     if not live["n"]:
         return charts
-    names = sorted({*live["matrix"], *(k for row in live["matrix"].values() for k in row)})
-    matrix = np.array([[live["matrix"].get(a, {}).get(b, 0) for b in names] for a in names])
+    names, matrix = live_matrix(live)
     axes = (f"challenger v{live['challenger_version']}", f"champion v{live['champion_version']}")
     title = f"{live['n']} shadowed requests, agreement {live['agreement']:.3f}"
     charts["live_matrix"] = plot_confusion(matrix, names, out / "live_matrix.png", title, axes)

@@ -122,7 +122,8 @@ def review(
         if live:
             if old is None:
                 raise ReviewError("--live compares the challenger's shadow answers with the champion's: no champion")
-            challenger.live = live_evidence(settings, old.version, new.version, since)
+            classes = [*old.classes, *(c for c in new.classes if c not in old.classes)]
+            challenger.live = live_evidence(settings, old.version, new.version, since, classes)
         gates = apply_gates(settings.review, challenger, champion)
         out = report_dir or settings.path(settings.review.report_dir)
         result = Review(

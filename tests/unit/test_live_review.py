@@ -10,7 +10,7 @@ from data.provenance import write_batch
 from lensops.core.errors import UsageError
 from lensops.core.production_log import write_segment
 from lensops.core.settings import load_settings
-from training.live_review import live_charts, live_evidence
+from training.live_review import live_charts, live_evidence, live_matrix
 
 CLASSES = ["0", "1", "2", "3"]
 SWAP = {"1": "2", "2": "1"}  # the challenger answers 2 where the champion says 1, and the other way round
@@ -86,3 +86,14 @@ def test_since_and_version_select_the_window(logs, tmp_path):
     assert charts["live_matrix"].stat().st_size > 1000
     with pytest.raises(UsageError, match="--since 'yesterday-ish'"):
         live_evidence(settings, "1", "2", "yesterday-ish")
+
+
+def test_the_live_matrix_has_every_class_of_both_versions_in_their_order(logs):
+    settings, _ = logs
+    classes = [*CLASSES, "4"]  # a class no shadowed request was answered with
+    names, matrix = live_matrix(live_evidence(settings, "1", "2", None, classes))
+    assert names == classes and matrix.shape == (5, 5)
+    assert matrix[4].sum() == matrix[:, 4].sum() == 0 and matrix.sum() == 150
+    assert matrix[1, 2] == 38 and matrix[1, 1] == 0  # champion 1, challenger 2
+    names, _ = live_matrix(live_evidence(settings, "1", "2", None))  # without the versions' classes: the labels seen
+    assert names == CLASSES
