@@ -38,7 +38,7 @@ LIGHT_FRAMES = 16
 LIGHT_SCANS = 12
 # Uploads of one /predict/batch decoded per task: one round trip to a worker for several small images.
 GROUP = 8
-# The heavy lane rests after a decode when the light lane answered an image this recently (seconds).
+# The heavy lane rests after a decode when the light lane decoded an image this recently (seconds).
 LIGHT_RECENT_S = 1.0
 
 

@@ -69,8 +69,11 @@ def _classes(settings, version: str) -> list[str]:
         return list(handle.classes)
 
 
-def register_variant(settings, source: str, *, classes: list[str] | None = None, size: int | None = None) -> str:
-    """v`source`'s weights registered again (new run, @challenger): with other class names, or another input size."""
+def register_variant(
+    settings, source: str, *, classes: list[str] | None = None, size: int | None = None, slow: bool = False
+) -> str:
+    """v`source`'s weights registered again (new run, @challenger): with other class names, another
+    input size, or (`slow`) the same answers some tens of milliseconds later."""
     import torch
 
     from lensops.core.model_artifact import register_model
@@ -88,7 +91,7 @@ def register_variant(settings, source: str, *, classes: list[str] | None = None,
         version = register_model(
             registry,
             run_id=run_id,
-            model=model.eval(),
+            model=(_slow(model) if slow else model).eval(),
             example=np.zeros((2, 3, original, original), np.float32),  # the network only takes this size
             classes=names,
             spec=spec.model_copy(update={"size": size or original}),
@@ -97,6 +100,25 @@ def register_variant(settings, source: str, *, classes: list[str] | None = None,
         )
     registry.client().set_terminated(run_id)
     return version
+
+
+def _slow(network):
+    import torch
+
+    class Slow(torch.nn.Module):
+        """The network, then a 1,024 x 1,024 matrix product multiplied by zero: the same answers,
+        tens of milliseconds later."""
+
+        def __init__(self):
+            super().__init__()
+            self.network = network
+            self.register_buffer("weight", torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, x):
+            logits, embedding = self.network(x)
+            return logits + 0 * (self.weight @ self.weight).mean(), embedding
+
+    return Slow()
 
 
 def lensops(cli, settings, *args):
@@ -281,6 +303,21 @@ def test_a_failing_canary_is_stopped_automatically_and_no_client_sees_its_failur
     assert re.search(
         rf'lensops_version_answers_total{{outcome="error",side="canary",version="{broken}"}} [1-9]', metrics
     )
+
+
+def test_a_slow_canary_is_stopped_on_its_p95_latency_and_no_client_sees_an_error(shadowed, cli):
+    from lensops.core import canary
+    from lensops.core.registry import Registry
+
+    settings, url, images, variants = shadowed
+    registry = Registry.of(settings)
+    slow = register_variant(settings, "1", slow=True)  # the champion's answers, tens of ms later
+    registry.set_alias("challenger", variants["swapped"], reason="the shadow stays on the swapped version")
+    assert lensops(cli, settings, "canary", "start", slow, "--fraction", "0.5").exit_code == 0
+    _until(lambda: not canary.status(registry)["running"], timeout=60, action=lambda: _send(url, images[:10], None))
+    decided = canary.decision(registry, slow)
+    assert decided["decision"] == "stopped-automatically" and "p95 latency" in decided["why"], decided
+    assert _send(url, images[:10]) and requests.get(f"{url}/healthz", timeout=10).status_code == 200
 
 
 def test_promotion_after_a_passing_live_review_records_the_live_evidence(shadowed, cli):
